@@ -1,0 +1,79 @@
+"""The `promptstep` command: `promptstep <command> [TASK] [--config FILE] [--key value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from promptstep import commands
+from promptstep.config import build_config
+from promptstep.errors import InputError
+
+
+@dataclass(frozen=True)
+class Command:
+    config: type
+    run: Callable
+    help: str
+    positional: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "data": Command(commands.DataConfig, commands.run_data, "build a triplet dataset", positional="task"),
+    "eval": Command(commands.EvalConfig, commands.run_eval, "evaluate NC / Prompt / FT on triplets"),
+    "demo": Command(commands.DemoConfig, commands.run_demo, "the main job on the embedded model"),
+}
+
+
+def _parse_overrides(tokens: list[str], command: str) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise InputError(f"{command}: unexpected argument '{token}' (options are --key value)")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise InputError(f"{command}: option --{key} needs a value")
+            value = tokens[i + 1]
+            i += 1
+        overrides[key] = value
+        i += 1
+    return overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptstep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        keys = ", ".join(f.name.replace("_", "-") for f in fields(command.config))
+        p = sub.add_parser(name, help=command.help, description=f"{command.help}. Options: {keys}.")
+        if command.positional:
+            p.add_argument(command.positional, nargs="?")
+        p.add_argument("--config", help="YAML preset; --key value options override it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, rest = _parser().parse_known_args(argv)
+    command = COMMANDS[args.command]
+    try:
+        overrides = _parse_overrides(rest, args.command)
+        if command.positional and getattr(args, command.positional):
+            overrides[command.positional] = getattr(args, command.positional)
+        config = build_config(command.config, args.config, overrides)
+        command.run(config)
+    except InputError as err:
+        print(f"promptstep {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"promptstep {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Triplet datasets: types, readers, generators."""

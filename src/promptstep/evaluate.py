@@ -1,0 +1,177 @@
+"""The three settings of the paper: No Context, Prompt, and one-step Fine-Tuning, scored per example."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from promptstep.data.triplets import Triplet
+from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch
+from promptstep.metrics import exact_match, f1_score, first_line, mean_se, starts_with_answer
+from promptstep.updates import inner_step, select_parameters, swapped_parameters
+
+METRICS = ("em", "starts", "f1", "tok_acc", "nll")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate: settings, the FT step (one or more learning rates), decoding and batching."""
+
+    settings: tuple[str, ...] = ("nc", "prompt", "ft")
+    lrs: tuple[float, ...] = (1e-3,)
+    steps: int = 1
+    param_filter: str | None = None
+    max_new_tokens: int = 16
+    batch_size: int = 16
+    fmt: Format = field(default_factory=Format)
+
+    def ft_label(self, lr: float) -> str:
+        """Setting name of FT at `lr`: plain 'ft' when only one learning rate is evaluated."""
+        return "ft" if len(self.lrs) == 1 else f"ft@{lr:g}"
+
+
+@torch.no_grad()
+def score_answers(model, encoded: Sequence[Encoded], pad_id: int) -> list[tuple[float, float]]:
+    """Teacher-forced (token accuracy, mean NLL per token) of each answer after its prefix."""
+    batch = pad_batch([e.ids for e in encoded], pad_id)
+    device = next(model.parameters()).device
+    logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).logits.float()
+    results = []
+    for row, enc in enumerate(encoded):
+        start, n = len(enc.prefix_ids), len(enc.answer_ids)
+        target = torch.tensor(enc.answer_ids, device=logits.device)
+        logp = torch.log_softmax(logits[row, start - 1 : start - 1 + n], dim=-1)
+        nll = -logp.gather(1, target[:, None]).mean().item()
+        acc = (logp.argmax(-1) == target).float().mean().item()
+        results.append((acc, nll))
+    return results
+
+
+class StopAtNewline(StoppingCriteria):
+    """Stops each sequence once its last generated token contains a newline."""
+
+    def __init__(self, tokenizer) -> None:
+        self.stop_ids = newline_token_ids(tokenizer)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.isin(input_ids[:, -1], self.stop_ids.to(input_ids.device))
+
+
+def newline_token_ids(tokenizer) -> torch.Tensor:
+    """Ids of every vocabulary token whose text contains a newline (computed once per tokenizer)."""
+    cached = getattr(tokenizer, "_promptstep_newline_ids", None)
+    if cached is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        cached = torch.tensor([i for i, text in enumerate(texts) if "\n" in text], dtype=torch.long)
+        tokenizer._promptstep_newline_ids = cached
+    return cached
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prefixes: Sequence[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of each prefix, cut at the first newline (stops early at EOS or newline)."""
+    batch = pad_batch(list(prefixes), tokenizer.pad_token_id, left=True)
+    device = next(model.parameters()).device
+    out = model.generate(
+        **{k: v.to(device) for k, v in batch.items()},
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        stopping_criteria=StoppingCriteriaList([StopAtNewline(tokenizer)]),
+    )
+    new_tokens = out[:, batch["input_ids"].shape[1] :]
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+
+
+def _record(triplet: Triplet, setting: str, generation: str, acc: float, nll: float, n_tok: int) -> dict:
+    prediction = first_line(generation)
+    return {
+        "id": triplet.id,
+        "setting": setting,
+        "answer": triplet.answer,
+        "generation": generation,
+        "prediction": prediction,
+        "em": exact_match(prediction, triplet.answers),
+        "starts": starts_with_answer(prediction, triplet.answers),
+        "f1": f1_score(prediction, triplet.answers),
+        "tok_acc": acc,
+        "nll": nll,
+        "n_answer_tokens": n_tok,
+    }
+
+
+def _answer_with_current_weights(model, tokenizer, triplets, setting, options) -> list[dict]:
+    encoded = [encode_pair(tokenizer, options.fmt.prefix(t, setting), t.answer, options.fmt.answer_prefix)
+               for t in triplets]
+    scores = score_answers(model, encoded, tokenizer.pad_token_id)
+    generations = generate_answers(model, tokenizer, [e.prefix_ids for e in encoded], options.max_new_tokens)
+    return [
+        _record(t, setting, g, acc, nll, len(e.answer_ids))
+        for t, e, g, (acc, nll) in zip(triplets, encoded, generations, scores)
+    ]
+
+
+def evaluate_prompted(model, tokenizer, triplets: Sequence[Triplet], setting: str, options: EvalOptions,
+                      progress: bool = True) -> list[dict]:
+    """NC or Prompt records for every triplet, in batches."""
+    records: list[dict] = []
+    size = options.batch_size
+    chunks = range(0, len(triplets), size)
+    for start in tqdm(chunks, desc=f"eval {setting}", disable=not progress, unit="batch"):
+        records += _answer_with_current_weights(model, tokenizer, triplets[start : start + size], setting, options)
+    return records
+
+
+def context_batch(tokenizer, triplet: Triplet, fmt: Format, device: torch.device) -> dict[str, torch.Tensor]:
+    """The LM batch of the triplet's inner text (its context), on `device`."""
+    batch = lm_batch([encode_text(tokenizer, fmt.inner_text(triplet))], tokenizer.pad_token_id)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def evaluate_finetuned(model, tokenizer, triplets: Sequence[Triplet], options: EvalOptions,
+                       progress: bool = True) -> list[dict]:
+    """FT records: per triplet and learning rate, step on the context, answer the query, restore weights."""
+    params = select_parameters(model, options.param_filter)
+    device = next(model.parameters()).device
+    records: list[dict] = []
+    for triplet in tqdm(triplets, desc="eval ft", disable=not progress, unit="ex"):
+        batch = context_batch(tokenizer, triplet, options.fmt, device)
+        for lr in options.lrs:
+            adapted = inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False)
+            with swapped_parameters(model, adapted):
+                (record,) = _answer_with_current_weights(model, tokenizer, [triplet], "ft", options)
+            record["setting"] = options.ft_label(lr)
+            record["lr"] = lr
+            records.append(record)
+    return records
+
+
+def evaluate(model, tokenizer, triplets: Sequence[Triplet], options: EvalOptions,
+             progress: bool = True) -> list[dict]:
+    """Records for every triplet in every requested setting."""
+    records: list[dict] = []
+    for setting in options.settings:
+        if setting == "ft":
+            records += evaluate_finetuned(model, tokenizer, triplets, options, progress)
+        else:
+            records += evaluate_prompted(model, tokenizer, triplets, setting, options, progress)
+    return records
+
+
+def summarize(records: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Per setting: count, and mean and standard error of every metric."""
+    summary: dict[str, dict[str, float]] = {}
+    for setting in dict.fromkeys(r["setting"] for r in records):
+        rows = [r for r in records if r["setting"] == setting]
+        entry: dict[str, float] = {"n": len(rows)}
+        for metric in METRICS:
+            mean, se = mean_se(r[metric] for r in rows)
+            entry[metric] = mean
+            entry[f"{metric}_se"] = se
+        summary[setting] = entry
+    return summary

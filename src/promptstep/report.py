@@ -1,0 +1,54 @@
+"""Tables (markdown) and bar charts (PNG) of evaluation summaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TABLE_METRICS = (("em", "EM %"), ("starts", "starts %"), ("tok_acc", "tok acc %"), ("nll", "NLL/tok"))
+
+
+def _cell(entry: dict[str, float], metric: str) -> str:
+    scale = 1.0 if metric == "nll" else 100.0
+    return f"{entry[metric] * scale:.1f} ± {entry[metric + '_se'] * scale:.1f}"
+
+
+def markdown_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A markdown table: one row per (model/run label, setting), mean ± SE per metric."""
+    header = "| run | setting | n | " + " | ".join(label for _, label in TABLE_METRICS) + " |"
+    lines = [header, "|" + "---|" * (3 + len(TABLE_METRICS))]
+    for label, summary in summaries.items():
+        for setting, entry in summary.items():
+            cells = " | ".join(_cell(entry, metric) for metric, _ in TABLE_METRICS)
+            lines.append(f"| {label} | {setting} | {int(entry['n'])} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot_settings(summaries: dict[str, dict[str, dict[str, float]]], path: Path, title: str) -> None:
+    """Grouped bars of exact match and token accuracy (± SE) per setting, one group per run label."""
+    metrics = (("em", "exact match"), ("tok_acc", "token accuracy"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    labels = list(summaries)
+    settings = list(dict.fromkeys(s for summary in summaries.values() for s in summary))
+    width = 0.8 / max(len(labels), 1)
+    for ax, (metric, name) in zip(axes[0], metrics):
+        for i, label in enumerate(labels):
+            summary = summaries[label]
+            xs = [j + i * width for j, s in enumerate(settings) if s in summary]
+            ys = [100 * summary[s][metric] for s in settings if s in summary]
+            es = [100 * summary[s][metric + "_se"] for s in settings if s in summary]
+            ax.bar(xs, ys, width, yerr=es, capsize=3, label=label)
+        ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(settings))], settings)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel(f"{name} (%)")
+        ax.set_title(name)
+        if len(labels) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

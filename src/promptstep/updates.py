@@ -1,0 +1,99 @@
+"""Inner update rules as pure functions from a parameter dict and a batch to adapted parameters.
+
+The same functions serve evaluation (no graph) and meta-training (a graph through the step, so the outer
+gradient is exact second order unless `first_order`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch.func import functional_call
+
+from promptstep.errors import InputError
+
+ParamDict = dict[str, torch.Tensor]
+
+
+def select_parameters(model: torch.nn.Module, pattern: str | None = None) -> ParamDict:
+    """The model's trainable parameters whose names match `pattern` (a regex searched in the name; all if None)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if pattern:
+        try:
+            regex = re.compile(pattern)
+        except re.error as err:
+            raise InputError(f"param_filter {pattern!r} is not a valid regex ({err})") from None
+        params = {n: p for n, p in params.items() if regex.search(n)}
+        if not params:
+            raise InputError(f"param_filter {pattern!r} matches no parameter of the model")
+    return params
+
+
+def lm_loss(model: torch.nn.Module, params: ParamDict, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token NLL of `batch` (with `labels`) under the model with `params` substituted."""
+    return functional_call(model, params, args=(), kwargs={**batch, "use_cache": False}).loss
+
+
+def sgd_update(params: ParamDict, grads: ParamDict, lr: float) -> ParamDict:
+    """theta - lr * grad for every entry."""
+    return {name: p - lr * grads[name] for name, p in params.items()}
+
+
+def context_gradients(
+    model: torch.nn.Module, params: ParamDict, batch: dict[str, torch.Tensor], create_graph: bool
+) -> ParamDict:
+    """Gradient of the context's LM loss with respect to `params`, keeping the graph if asked."""
+    loss = lm_loss(model, params, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"inner loss is {loss.item()}")
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
+    return {name: (torch.zeros_like(p) if g is None else g) for (name, p), g in zip(params.items(), grads)}
+
+
+def inner_step(
+    model: torch.nn.Module,
+    params: ParamDict,
+    batch: dict[str, torch.Tensor],
+    *,
+    lr: float,
+    steps: int = 1,
+    first_order: bool = False,
+    differentiable: bool = True,
+) -> ParamDict:
+    """`steps` plain SGD steps of size `lr` on the LM loss of `batch`.
+
+    differentiable=True keeps the result a function of `params` (second order unless `first_order`, where
+    the gradients are treated as constants); differentiable=False returns detached tensors for evaluation.
+    """
+    if lr < 0 or steps < 1:
+        raise InputError(f"inner step needs lr >= 0 and steps >= 1 (got lr={lr}, steps={steps})")
+    if not differentiable:
+        params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    for _ in range(steps):
+        with torch.enable_grad():
+            grads = context_gradients(model, params, batch, create_graph=differentiable and not first_order)
+        if not differentiable or first_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        params = sgd_update(params, grads, lr)
+        if not differentiable:
+            params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    return {n: p.detach() for n, p in params.items()} if not differentiable else params
+
+
+@contextmanager
+def swapped_parameters(model: torch.nn.Module, values: ParamDict) -> Iterator[None]:
+    """Temporarily copy `values` into the model's parameters; restore the originals bit-exactly on exit."""
+    named = dict(model.named_parameters())
+    saved = {name: named[name].detach().clone() for name in values}
+    try:
+        with torch.no_grad():
+            for name, value in values.items():
+                named[name].copy_(value)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                named[name].copy_(value)
