@@ -56,10 +56,19 @@ def llama(tokenizer) -> LlamaForCausalLM:
     return make_llama(len(tokenizer))
 
 
-@pytest.fixture
-def saved_gpt2(tmp_path_factory, tokenizer) -> str:
-    """A random GPT-2 with its tokenizer saved as a local model directory (context window 64 tokens)."""
-    path = tmp_path_factory.mktemp("gpt2")
-    make_gpt2(len(tokenizer), n_positions=64).save_pretrained(path)
+def _save(path, model, tokenizer) -> str:
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def saved_gpt2(tmp_path_factory, tokenizer) -> str:
+    """A random GPT-2 with its tokenizer saved as a local model directory (context window 64 tokens)."""
+    return _save(tmp_path_factory.mktemp("gpt2"), make_gpt2(len(tokenizer), n_positions=64), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def saved_gpt2_256(tmp_path_factory, tokenizer) -> str:
+    """A random GPT-2 with a 256-token window, saved with its tokenizer."""
+    return _save(tmp_path_factory.mktemp("gpt2_256"), make_gpt2(len(tokenizer)), tokenizer)

@@ -24,6 +24,8 @@ COMMANDS: dict[str, Command] = {
     "data": Command(commands.DataConfig, commands.run_data, "build a triplet dataset", positional="task"),
     "eval": Command(commands.EvalConfig, commands.run_eval, "evaluate NC / Prompt / FT on triplets"),
     "demo": Command(commands.DemoConfig, commands.run_demo, "the main job on the embedded model"),
+    "prepare": Command(commands.PrepareConfig, commands.run_prepare, "format fine-tuning on a saved subset"),
+    "meta-train": Command(commands.MetaTrainConfig, commands.run_meta_train, "meta-train the inner step"),
 }
 
 
@@ -69,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"promptstep {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except commands.TrainingStopped as err:
+        print(f"promptstep {args.command}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"promptstep {args.command}: interrupted", file=sys.stderr)
         return 130

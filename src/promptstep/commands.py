@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.formats import SETTINGS, Format, fit_lengths
 from promptstep.models import load_model, max_length
-from promptstep.report import markdown_table, plot_settings
+from promptstep.report import markdown_table, plot_settings, plot_training
 from promptstep.runs import staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 
 
@@ -192,3 +193,198 @@ def run_demo(config: DemoConfig) -> Path:
     print(markdown_table({config.model: summary}))
     print(f"results in {out}")
     return out
+
+
+# ---------------------------------------------------------------- prepare
+
+
+@dataclass
+class PrepareConfig:
+    """`promptstep prepare`: format fine-tuning on a saved subset; writes runs/<name>/model."""
+
+    model: str = "smollm2-135m"
+    data: str = ""
+    split: str = "train"
+    n_examples: int = 240
+    steps: int = 30
+    batch_size: int = 8
+    lr: float = 3e-5
+    nc_weight: float = 0.5
+    seed: int = 0
+    attn: str = "eager"
+    name: str = "prepared"
+    runs_dir: str = "runs"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not self.data:
+            raise InputError("prepare needs --data (a dataset directory or a .jsonl file)")
+        self.options().validate()
+
+    def options(self):
+        from promptstep.prepare import PrepareOptions
+
+        return PrepareOptions(n_examples=self.n_examples, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                              nc_weight=self.nc_weight, seed=self.seed)
+
+
+def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
+    from promptstep.prepare import choose_subset, prepare_format
+
+    out = Path(config.runs_dir) / config.name
+    triplets = load_split(config.data, config.split, None)
+    subset = choose_subset(triplets, config.n_examples, config.seed)
+    with staged_dir(out, config.overwrite) as staging:
+        model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+        fit_lengths(subset, tokenizer, max_length(model, tokenizer), Format(), False, config.data)
+        write_yaml(staging / "config.yaml", config_dict(config))
+        write_json(staging / "subset_ids.json", [t.id for t in subset])
+        start = time.time()
+        logs = prepare_format(model, tokenizer, subset, config.options())
+        write_jsonl(staging / "train_log.jsonl", logs)
+        write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "final": logs[-1]})
+        model.save_pretrained(staging / "model", safe_serialization=True)
+        tokenizer.save_pretrained(staging / "model")
+    print(f"prepared model in {out / 'model'} (prompt NLL {logs[0]['prompt_nll']:.3f} -> {logs[-1]['prompt_nll']:.3f})")
+    return out / "model"
+
+
+# ---------------------------------------------------------------- meta-train
+
+
+class TrainingStopped(Exception):
+    """Meta-training stopped early (repeated non-finite steps); the last good checkpoint is kept."""
+
+
+@dataclass
+class MetaTrainConfig:
+    """`promptstep meta-train`: meta-train so one inner step on a context acts like prompting with it."""
+
+    model: str = "tiny"
+    data: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_limit: int | None = None
+    eval_n: int = 100
+    objective: str = "lc"
+    inner_lr: float = 1e-3
+    inner_steps: int = 1
+    inner_params: str | None = None
+    first_order: bool = False
+    outer_lr: float = 1e-5
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps: int | None = None
+    clip: float = 1.0
+    lm_weight: float = 0.0
+    lm_source: str = "prompt"
+    eval_every: int = 0
+    checkpoint_every: int = 50
+    max_new_tokens: int = 16
+    nan_patience: int = 3
+    seed: int = 0
+    attn: str = "eager"
+    name: str = "meta"
+    runs_dir: str = "runs"
+    resume: bool = False
+    overwrite: bool = False
+
+    def options(self):
+        from promptstep.meta import MetaOptions
+
+        return MetaOptions(objective=self.objective, inner_lr=self.inner_lr, inner_steps=self.inner_steps,
+                           inner_params=self.inner_params, first_order=self.first_order, outer_lr=self.outer_lr,
+                           batch_size=self.batch_size, clip=self.clip, lm_weight=self.lm_weight,
+                           lm_source=self.lm_source, max_new_tokens=self.max_new_tokens,
+                           nan_patience=self.nan_patience)
+
+    def validate(self) -> None:
+        if not self.data:
+            raise InputError("meta-train needs --data (a dataset directory)")
+        self.options().validate()
+        for key in ("eval_n", "epochs"):
+            _positive(key, getattr(self, key))
+        for key in ("train_limit", "max_steps"):
+            if getattr(self, key) is not None:
+                _positive(key, getattr(self, key))
+        if self.resume and self.overwrite:
+            raise InputError("choose one of --resume and --overwrite")
+
+
+_RESTART_KEYS = ("resume", "overwrite")
+
+
+def _open_meta_run(config: MetaTrainConfig) -> Path:
+    """Create, reuse (--resume) or replace (--overwrite) the run directory; refuse anything else."""
+    import shutil
+
+    from promptstep.config import read_yaml
+    from promptstep.runs import check_run_dir
+
+    out = Path(config.runs_dir) / config.name
+    if config.resume:
+        if not (out / "checkpoint").is_dir():
+            raise InputError(f"nothing to resume: {out} has no checkpoint")
+        saved = read_yaml(out / "config.yaml")
+        current = config_dict(config)
+        for key, value in current.items():
+            if key not in _RESTART_KEYS and saved.get(key) != value:
+                raise InputError(f"--resume with a different config: '{key}' was {saved.get(key)!r}, now {value!r}")
+        return out
+    check_run_dir(out, config.overwrite)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_yaml(out / "config.yaml", config_dict(config))
+    return out
+
+
+def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    """Meta-train with evaluation before and after; writes logs, checkpoints, the final model and a plot."""
+    import copy
+
+    from promptstep.meta import MetaTrainer, batches_for, eval_summary, run_training
+    from promptstep.models import check_second_order
+
+    train = load_split(config.data, config.train_split, config.train_limit)
+    eval_set = load_split(config.data, config.eval_split, config.eval_n)
+    model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+    limit = max_length(model, tokenizer)
+    for split, triplets in ((config.train_split, train), (config.eval_split, eval_set)):
+        fit_lengths(triplets, tokenizer, limit, Format(), False, str(dataset_file(config.data, split)))
+    if len(train) < config.batch_size:
+        raise InputError(f"batch_size {config.batch_size} is larger than the {len(train)} training triplets")
+    if not config.first_order:
+        check_second_order(model)
+    out = _open_meta_run(config)
+    trainer = MetaTrainer(model, tokenizer, config.options(),
+                          teacher=copy.deepcopy(model) if config.objective == "lc" else None)
+    examples = trainer.build_examples(train)
+    batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
+    if config.resume:
+        trainer.restore(out / "checkpoint")
+        before = json.loads((out / "before.json").read_text())
+        print(f"resuming {out} at step {trainer.step_count} of {len(batches)}", flush=True)
+    else:
+        before = eval_summary(trainer, eval_set, progress=True)["summary"]
+        write_json(out / "before.json", before)
+    result = run_training(trainer, batches, out=out, eval_set=eval_set, eval_every=config.eval_every,
+                          checkpoint_every=config.checkpoint_every)
+    if result["stopped"]:
+        raise TrainingStopped(f"stopped: {result['stopped']}; last good checkpoint in {out / 'checkpoint'}")
+    after_eval = eval_summary(trainer, eval_set, progress=True)
+    after = after_eval["summary"]
+    write_jsonl(out / "records.jsonl", after_eval["records"])
+    summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
+    write_json(out / "summary.json", summary)
+    write_summary_csv(out / "metrics.csv", {f"{stage}/{s}": e for stage, block in (("before", before),
+                                                                                   ("after", after))
+                                            for s, e in block.items()})
+    plot_settings({"before": before, "after": after}, out / "before_after.png",
+                  f"meta-train ({config.objective}) {config.model}")
+    plot_training(out / "train_log.jsonl", out / "training.png")
+    model.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+    print(markdown_table({"before": before, "after": after}))
+    print(f"results in {out}; meta-trained model in {out / 'model'}")
+    return out, summary

@@ -72,8 +72,8 @@ def newline_token_ids(tokenizer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prefixes: Sequence[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of each prefix, cut at the first newline (stops early at EOS or newline)."""
+def greedy_continuations(model, tokenizer, prefixes: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuation ids of each prefix, up to and including the first newline or EOS token."""
     batch = pad_batch(list(prefixes), tokenizer.pad_token_id, left=True)
     device = next(model.parameters()).device
     out = model.generate(
@@ -84,8 +84,24 @@ def generate_answers(model, tokenizer, prefixes: Sequence[list[int]], max_new_to
         pad_token_id=tokenizer.pad_token_id,
         stopping_criteria=StoppingCriteriaList([StopAtNewline(tokenizer)]),
     )
-    new_tokens = out[:, batch["input_ids"].shape[1] :]
-    return [tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
+    stops = set(newline_token_ids(tokenizer).tolist())
+    eos = tokenizer.eos_token_id
+    stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    continuations = []
+    for row in out[:, batch["input_ids"].shape[1] :].tolist():
+        ids: list[int] = []
+        for token in row:
+            ids.append(token)
+            if token in stops:
+                break
+        continuations.append(ids)
+    return continuations
+
+
+def generate_answers(model, tokenizer, prefixes: Sequence[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy generated text after each prefix (special tokens dropped; cut at the stop as above)."""
+    ids = greedy_continuations(model, tokenizer, prefixes, max_new_tokens)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
 
 
 def _record(triplet: Triplet, setting: str, generation: str, acc: float, nll: float, n_tok: int) -> dict:

@@ -14,10 +14,15 @@ SETTINGS = ("nc", "prompt", "ft")
 
 @dataclass(frozen=True)
 class Format:
-    """Text layout: Prompt = context + separator + query; NC and FT = query; answers follow `answer_prefix`."""
+    """Text layout: Prompt = context + separator + query; NC and FT = query; answers follow `answer_prefix`.
+
+    Training targets (format preparation, gold meta-targets) end with `answer_suffix`, so a trained model
+    ends its answer with a newline, where greedy generation stops.
+    """
 
     separator: str = " "
     answer_prefix: str = " "
+    answer_suffix: str = "\n"
 
     def prefix(self, triplet: Triplet, setting: str) -> str:
         """The text the model answers after: the query, with the context in front for 'prompt'."""

@@ -52,3 +52,27 @@ def plot_settings(summaries: dict[str, dict[str, dict[str, float]]], path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_training(log_path: Path, path: Path) -> None:
+    """Outer loss and gradient norm against step, from a JSONL training log."""
+    import json
+
+    rows = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [r for r in rows if not r.get("skipped")]
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [r["step"] for r in rows]
+    axes[0].plot(steps, [r["loss"] for r in rows], label="outer loss")
+    if "lm" in rows[0]:
+        axes[0].plot(steps, [r["lm"] for r in rows], label="regulariser")
+    axes[0].set_xlabel("outer step")
+    axes[0].legend()
+    axes[1].plot(steps, [r["grad_norm"] for r in rows])
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("outer step")
+    axes[1].set_ylabel("gradient norm (before clipping)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -32,9 +32,18 @@ def select_parameters(model: torch.nn.Module, pattern: str | None = None) -> Par
     return params
 
 
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """Upcast half-precision values to fp32; keep fp32 and fp64 as they are."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def lm_loss(model: torch.nn.Module, params: ParamDict, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token NLL of `batch` (with `labels`) under the model with `params` substituted."""
-    return functional_call(model, params, args=(), kwargs={**batch, "use_cache": False}).loss
+    """Mean next-token NLL over the labelled tokens of `batch` under the model with `params` substituted."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    logits = functional_call(model, params, args=(), kwargs=inputs).logits
+    return torch.nn.functional.cross_entropy(
+        at_least_fp32(logits[:, :-1]).flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100
+    )
 
 
 def sgd_update(params: ParamDict, grads: ParamDict, lr: float) -> ParamDict:

@@ -1,0 +1,173 @@
+"""Meta-gradients against references: finite differences, first order, batched graph, plain NLL training, resume."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import make_gpt2, make_llama
+from promptstep.data.triplets import Triplet
+from promptstep.errors import InputError
+from promptstep.meta import MetaOptions, MetaTrainer, batches_for
+from promptstep.objectives import MetaExample, build_example, forward_kl
+
+TRIPLETS = [
+    Triplet(f"t{i}", f"The first person to walk on {place} is {name}.",
+            f"The history books record that the first person on {place} was", name)
+    for i, (place, name) in enumerate([("Mars", "Evan Armstrong"), ("Mars", "Mira Tolland"),
+                                        ("the foo", "Evan Tolland"), ("the bar", "Mira Armstrong")])
+]
+
+
+def _examples(tokenizer, objective="lg"):
+    # Targets fixed to the gold answer ids (for LC they stand in for the teacher's greedy answer).
+    gold = [build_example(tokenizer, t, _fmt()) for t in TRIPLETS]
+    return gold if objective == "lg" else [build_example(tokenizer, t, _fmt(), g.answer_ids)
+                                           for t, g in zip(TRIPLETS, gold)]
+
+
+def _fmt():
+    from promptstep.formats import Format
+
+    return Format()
+
+
+def _trainer(model, tokenizer, objective="lc", teacher=None, **kw):
+    opts = MetaOptions(objective=objective, **{"inner_lr": 0.5, "outer_lr": 1e-3, "clip": 1e9, **kw})
+    return MetaTrainer(model, tokenizer, opts, teacher=teacher)
+
+
+def _loss_at(trainer, example):
+    loss, _ = trainer.example_loss(example)
+    return loss
+
+
+@pytest.mark.parametrize("objective", ["lc", "lg"])
+def test_meta_gradient_matches_directional_finite_difference(tokenizer, objective):
+    """fp64; central difference with eps=1e-5; agreement to 1e-5 relative (first order is off by > 1e-3)."""
+    model = make_gpt2(len(tokenizer), seed=1).double()
+    teacher = make_gpt2(len(tokenizer), seed=2).double()
+    trainer = _trainer(model, tokenizer, objective, teacher=teacher)
+    (example,) = _examples(tokenizer, objective)[:1]
+    trainer.optimizer.zero_grad()
+    _loss_at(trainer, example).backward()
+    torch.manual_seed(0)
+    direction = {n: torch.randn_like(p) for n, p in trainer.params.items()}
+    analytic = sum((p.grad * direction[n]).sum() for n, p in trainer.params.items()).item()
+    eps = 1e-5
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for n, p in trainer.params.items():
+                p.add_(sign * eps * direction[n])
+        values.append(_loss_at(trainer, example).item())
+        with torch.no_grad():
+            for n, p in trainer.params.items():
+                p.sub_(sign * eps * direction[n])
+    numeric = (values[0] - values[1]) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-5)
+
+
+def test_second_order_differs_from_first_order(tokenizer):
+    model = make_llama(len(tokenizer), seed=1).double()
+    teacher = make_llama(len(tokenizer), seed=2).double()
+    (example,) = _examples(tokenizer)[:1]
+    grads = {}
+    for first_order in (False, True):
+        trainer = _trainer(copy.deepcopy(model), tokenizer, "lc", teacher=teacher, first_order=first_order)
+        _loss_at(trainer, example).backward()
+        grads[first_order] = torch.cat([p.grad.flatten() for p in trainer.params.values()])
+    diff = (grads[False] - grads[True]).norm() / grads[False].norm()
+    assert diff > 1e-3
+    assert torch.nn.functional.cosine_similarity(grads[False], grads[True], dim=0) > 0.5
+
+
+def test_one_by_one_accumulation_equals_a_batched_graph(tokenizer):
+    model = make_gpt2(len(tokenizer), seed=3)
+    teacher = make_gpt2(len(tokenizer), seed=4)
+    trainer = _trainer(model, tokenizer, "lc", teacher=teacher)
+    batch = _examples(tokenizer, "lc")
+    trainer.optimizer.zero_grad()
+    trainer.accumulate(batch)
+    accumulated = {n: p.grad.clone() for n, p in trainer.params.items()}
+    total = sum(_loss_at(trainer, ex) for ex in batch) / len(batch)
+    reference = torch.autograd.grad(total, list(trainer.params.values()))
+    for (name, _), ref in zip(trainer.params.items(), reference):
+        torch.testing.assert_close(accumulated[name], ref, rtol=1e-4, atol=1e-7)
+
+
+def test_kl_is_zero_when_student_equals_teacher(tokenizer):
+    model = make_gpt2(len(tokenizer), seed=5)
+    trainer = _trainer(model, tokenizer, "lc", teacher=copy.deepcopy(model), inner_lr=0.0)
+    ex = _examples(tokenizer, "lc")[0]
+    same = MetaExample(ex.id, ex.context_ids, ex.student_ids, ex.student_ids, ex.n_answer)
+    loss, _ = trainer.example_loss(same)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    logp = torch.log_softmax(torch.randn(3, 7), -1)
+    assert forward_kl(logp, logp).item() == pytest.approx(0.0, abs=1e-7)
+    other = torch.log_softmax(torch.randn(3, 7), -1)
+    assert forward_kl(logp, other).item() > 0
+
+
+def test_lg_with_zero_inner_lr_is_plain_nll_training(tokenizer):
+    model = make_gpt2(len(tokenizer), seed=6)
+    reference = copy.deepcopy(model)
+    trainer = _trainer(model, tokenizer, "lg", inner_lr=0.0, clip=1.0)
+    batch = _examples(tokenizer, "lg")
+    trainer.outer_step(batch)
+    trainer.outer_step(batch)
+    params = [p for p in reference.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        for ex in batch:
+            ids = torch.tensor([ex.student_ids])
+            logits = reference(input_ids=ids).logits[0, -ex.n_answer - 1 : -1]
+            nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ex.answer_ids), reduction="sum")
+            (nll / len(batch)).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resumed_run_equals_uninterrupted_run(tokenizer, tmp_path):
+    batches = batches_for(_examples(tokenizer, "lc"), batch_size=2, epochs=3, seed=0)
+    teacher = make_gpt2(len(tokenizer), seed=8)
+
+    def fresh():
+        trainer = _trainer(make_gpt2(len(tokenizer), seed=7), tokenizer, "lc", teacher=teacher, outer_lr=1e-2)
+        return trainer
+
+    straight = fresh()
+    for batch in batches:
+        straight.outer_step(batch)
+    first = fresh()
+    for batch in batches[:3]:
+        first.outer_step(batch)
+    first.save(tmp_path / "ckpt")
+    resumed = fresh()
+    assert resumed.restore(tmp_path / "ckpt")["step"] == 3
+    for batch in batches[resumed.step_count :]:
+        resumed.outer_step(batch)
+    for name, p in straight.params.items():
+        assert torch.equal(p, resumed.params[name]), name
+
+
+def test_non_finite_loss_skips_the_step(tokenizer):
+    trainer = _trainer(make_gpt2(len(tokenizer), seed=9), tokenizer, "lg")
+    before = {n: p.detach().clone() for n, p in trainer.params.items()}
+    log = trainer.outer_step(_examples(tokenizer)[:2], inject=lambda loss: loss * float("nan"))
+    assert log["skipped"] and trainer.bad_steps == 1
+    assert all(torch.equal(before[n], p) for n, p in trainer.params.items())
+    log = trainer.outer_step(_examples(tokenizer)[:2])
+    assert "skipped" not in log and trainer.bad_steps == 0
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(InputError, match="unknown objective"):
+        MetaOptions(objective="kl").validate()
+    with pytest.raises(InputError, match="'outer_lr' must be positive"):
+        MetaOptions(outer_lr=0).validate()
+    with pytest.raises(InputError, match="'inner_lr' must be >= 0"):
+        MetaOptions(inner_lr=-1e-3).validate()
