@@ -26,6 +26,7 @@ COMMANDS: dict[str, Command] = {
     "demo": Command(commands.DemoConfig, commands.run_demo, "the main job on the embedded model"),
     "prepare": Command(commands.PrepareConfig, commands.run_prepare, "format fine-tuning on a saved subset"),
     "meta-train": Command(commands.MetaTrainConfig, commands.run_meta_train, "meta-train the inner step"),
+    "pretrain-tiny": Command(commands.PretrainTinyConfig, commands.run_pretrain_tiny, "pretrain the tiny model"),
 }
 
 

@@ -147,54 +147,6 @@ def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     return out, summary
 
 
-# ---------------------------------------------------------------- demo
-
-
-@dataclass
-class DemoConfig:
-    """`promptstep demo`: data -> embedded model -> NC / Prompt / FT table and plot, in one run directory."""
-
-    model: str = "smollm2-135m"
-    task: str = "character"
-    n_eval: int = 100
-    lrs: tuple[float, ...] = (1e-3, 1e-2, 3e-2)
-    seed: int = 0
-    name: str = "demo"
-    runs_dir: str = "runs"
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        _positive("n_eval", self.n_eval)
-        for lr in self.lrs:
-            _positive("lrs", lr)
-
-
-def run_demo(config: DemoConfig) -> Path:
-    from promptstep.data.synthetic import generate
-
-    out = Path(config.runs_dir) / config.name
-    print(f"promptstep demo: {config.model}, {config.task}, {config.n_eval} held-out triplets, FT lrs {config.lrs}; "
-          f"expect about {2 + config.n_eval * len(config.lrs) // 40} minutes on 2 CPU cores", flush=True)
-    with staged_dir(out, config.overwrite) as staging:
-        train, test, meta = generate(config.task, seed=config.seed)
-        write_triplets(staging / "data" / "train.jsonl", train)
-        write_triplets(staging / "data" / "test.jsonl", test)
-        write_json(staging / "data" / "meta.json", meta)
-        write_yaml(staging / "config.yaml", config_dict(config))
-        model, tokenizer = load_model(config.model)
-        options = EvalOptions(lrs=config.lrs)
-        start = time.time()
-        records = evaluate(model, tokenizer, test[: config.n_eval], options)
-        summary = summarize(records)
-        write_jsonl(staging / "records.jsonl", records)
-        write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "settings": summary})
-        write_summary_csv(staging / "metrics.csv", summary)
-        plot_settings({config.model: summary}, staging / "settings.png", f"{config.model}, {config.task} (base)")
-    print(markdown_table({config.model: summary}))
-    print(f"results in {out}")
-    return out
-
-
 # ---------------------------------------------------------------- prepare
 
 
@@ -388,3 +340,93 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
     print(markdown_table({"before": before, "after": after}))
     print(f"results in {out}; meta-trained model in {out / 'model'}")
     return out, summary
+
+
+# ---------------------------------------------------------------- pretrain-tiny
+
+
+@dataclass
+class PretrainTinyConfig:
+    """`promptstep pretrain-tiny`: train the tiny model's tokenizer and weights from scratch on generated text."""
+
+    out: str = ""
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        for key in ("steps", "batch_size", "lr"):
+            _positive(key, getattr(self, key))
+
+
+def run_pretrain_tiny(config: PretrainTinyConfig) -> Path:
+    from promptstep.tiny import default_tiny_dir, pretrain_tiny
+
+    out = Path(config.out) if config.out else default_tiny_dir()
+    with staged_dir(out, config.overwrite) as staging:
+        pretrain_tiny(staging, config.steps, seed=config.seed, batch_size=config.batch_size, lr=config.lr)
+    print(f"tiny model in {out}")
+    return out
+
+
+# ---------------------------------------------------------------- demo
+
+
+@dataclass
+class DemoConfig:
+    """`promptstep demo`: data -> prepare -> evaluate -> meta-train (LC) -> evaluate, on the embedded model."""
+
+    model: str = "smollm2-135m"
+    task: str = "character"
+    prepare_examples: int = 240
+    prepare_steps: int = 25
+    n_train: int = 160
+    n_eval: int = 40
+    inner_lr: float = 1e-2
+    outer_lr: float = 2e-5
+    batch_size: int = 2
+    lm_weight: float = 0.0
+    first_order: bool = False
+    seed: int = 0
+    name: str = "demo"
+    runs_dir: str = "runs"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        for key in ("prepare_examples", "prepare_steps", "n_train", "n_eval", "inner_lr", "outer_lr", "batch_size"):
+            _positive(key, getattr(self, key))
+
+
+def run_demo(config: DemoConfig) -> Path:
+    from promptstep.data.synthetic import generate
+
+    out = Path(config.runs_dir) / config.name
+    if out.exists() and not config.overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite true or choose another --name")
+    per_example = 1.0 if config.first_order else 2.5
+    minutes = (25 + config.prepare_steps * 6 + 2 * config.n_eval * 2.5 + config.n_train * per_example) / 60
+    print(f"promptstep demo: {config.model} on {config.task}; prepare {config.prepare_steps} steps, meta-train LC on "
+          f"{config.n_train} triplets, evaluate {config.n_eval} held-out triplets before and after. "
+          f"Expect about {minutes:.0f} minutes on 2 CPU cores.", flush=True)
+    started = time.time()
+    data = out / "data"
+    run_data(DataConfig(task=config.task, out=str(data), seed=config.seed, overwrite=config.overwrite))
+    model, tokenizer = load_model(config.model)
+    prepare = PrepareConfig(model=config.model, data=str(data), n_examples=config.prepare_examples,
+                            steps=config.prepare_steps, seed=config.seed, name="prepare", runs_dir=str(out),
+                            overwrite=config.overwrite)
+    run_prepare(prepare, (model, tokenizer))
+    meta = MetaTrainConfig(model=str(out / "prepare" / "model"), data=str(data), train_limit=config.n_train,
+                           eval_n=config.n_eval, objective="lc", inner_lr=config.inner_lr, outer_lr=config.outer_lr,
+                           batch_size=config.batch_size, lm_weight=config.lm_weight, first_order=config.first_order,
+                           checkpoint_every=0, seed=config.seed, name="meta-train", runs_dir=str(out),
+                           overwrite=config.overwrite)
+    _, summary = run_meta_train(meta, (model, tokenizer))
+    write_yaml(out / "config.yaml", config_dict(config))
+    write_json(out / "summary.json", {"wall_s": round(time.time() - started, 1), **summary})
+    plot_settings({"prepared base": summary["before"], "meta-trained (LC)": summary["after"]},
+                  out / "demo.png", f"{config.model}, {config.task}: one SGD step on the context (FT) vs prompting")
+    print(f"demo finished in {(time.time() - started) / 60:.1f} min; table above, plot in {out / 'demo.png'}")
+    return out
