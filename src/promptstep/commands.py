@@ -350,9 +350,9 @@ class PretrainTinyConfig:
     """`promptstep pretrain-tiny`: train the tiny model's tokenizer and weights from scratch on generated text."""
 
     out: str = ""
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
     seed: int = 0
     overwrite: bool = False
 
@@ -400,7 +400,6 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig) -> Path:
-    from promptstep.data.synthetic import generate
 
     out = Path(config.runs_dir) / config.name
     if out.exists() and not config.overwrite:
