@@ -1,0 +1,22 @@
+"""Every shipped YAML preset parses into its command's config."""
+
+from pathlib import Path
+
+import pytest
+
+from promptstep.cli import COMMANDS
+from promptstep.config import build_config
+
+PRESETS = {"eval.yaml": "eval", "meta-tiny.yaml": "meta-train", "meta-smollm2.yaml": "meta-train", "demo.yaml": "demo"}
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(("preset", "command"), sorted(PRESETS.items()))
+def test_presets_build(preset, command):
+    overrides = {"data": "data/character"} if command != "demo" else {}
+    config = build_config(COMMANDS[command].config, ROOT / preset, overrides)
+    assert config is not None
+
+
+def test_every_preset_is_listed():
+    assert {p.name for p in ROOT.glob("*.yaml")} == set(PRESETS)
