@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from promptstep.config import config_dict
@@ -15,6 +15,11 @@ from promptstep.formats import SETTINGS, Format, fit_lengths
 from promptstep.models import load_model, max_length
 from promptstep.report import markdown_table, plot_settings, plot_training
 from promptstep.runs import staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+
+
+def _options_from(options_cls: type, config: object):
+    """The library options dataclass filled from the same-named fields of a command config."""
+    return options_cls(**{f.name: getattr(config, f.name) for f in fields(options_cls)})
 
 
 def _positive(name: str, value: float) -> None:
@@ -176,8 +181,7 @@ class PrepareConfig:
     def options(self):
         from promptstep.prepare import PrepareOptions
 
-        return PrepareOptions(n_examples=self.n_examples, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                              nc_weight=self.nc_weight, seed=self.seed)
+        return _options_from(PrepareOptions, self)
 
 
 def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
@@ -244,11 +248,7 @@ class MetaTrainConfig:
     def options(self):
         from promptstep.meta import MetaOptions
 
-        return MetaOptions(objective=self.objective, inner_lr=self.inner_lr, inner_steps=self.inner_steps,
-                           inner_params=self.inner_params, first_order=self.first_order, outer_lr=self.outer_lr,
-                           batch_size=self.batch_size, clip=self.clip, lm_weight=self.lm_weight,
-                           lm_source=self.lm_source, max_new_tokens=self.max_new_tokens,
-                           nan_patience=self.nan_patience)
+        return _options_from(MetaOptions, self)
 
     def validate(self) -> None:
         if not self.data:
