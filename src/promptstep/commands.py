@@ -293,8 +293,6 @@ def _open_meta_run(config: MetaTrainConfig) -> Path:
 
 def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     """Meta-train with evaluation before and after; writes logs, checkpoints, the final model and a plot."""
-    import copy
-
     from promptstep.meta import MetaTrainer, batches_for, eval_summary, run_training
     from promptstep.models import check_second_order
 
@@ -309,8 +307,7 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
     if not config.first_order:
         check_second_order(model)
     out = _open_meta_run(config)
-    trainer = MetaTrainer(model, tokenizer, config.options(),
-                          teacher=copy.deepcopy(model) if config.objective == "lc" else None)
+    trainer = MetaTrainer(model, tokenizer, config.options())  # LC: the teacher is a frozen copy of `model` now
     examples = trainer.build_examples(train)
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
     if config.resume:
