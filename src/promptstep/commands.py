@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.config import config_dict
@@ -12,14 +12,11 @@ from promptstep.data.triplets import Triplet, load_triplets, write_triplets
 from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.formats import SETTINGS, Format, fit_lengths
+from promptstep.meta import MetaOptions
 from promptstep.models import load_model, max_length
+from promptstep.prepare import PrepareOptions, choose_subset, prepare_format
 from promptstep.report import markdown_table, plot_settings, plot_training
 from promptstep.runs import staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
-
-
-def _options_from(options_cls: type, config: object):
-    """The library options dataclass filled from the same-named fields of a command config."""
-    return options_cls(**{f.name: getattr(config, f.name) for f in fields(options_cls)})
 
 
 def _positive(name: str, value: float) -> None:
@@ -156,18 +153,12 @@ def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(PrepareOptions):
     """`promptstep prepare`: format fine-tuning on a saved subset; writes runs/<name>/model."""
 
     model: str = "smollm2-135m"
     data: str = ""
     split: str = "train"
-    n_examples: int = 240
-    steps: int = 30
-    batch_size: int = 8
-    lr: float = 3e-5
-    nc_weight: float = 0.5
-    seed: int = 0
     attn: str = "eager"
     name: str = "prepared"
     runs_dir: str = "runs"
@@ -176,16 +167,10 @@ class PrepareConfig:
     def validate(self) -> None:
         if not self.data:
             raise InputError("prepare needs --data (a dataset directory or a .jsonl file)")
-        self.options().validate()
-
-    def options(self):
-        from promptstep.prepare import PrepareOptions
-
-        return _options_from(PrepareOptions, self)
+        super().validate()
 
 
 def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
-    from promptstep.prepare import choose_subset, prepare_format
 
     out = Path(config.runs_dir) / config.name
     triplets = load_split(config.data, config.split, None)
@@ -196,7 +181,7 @@ def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
         write_yaml(staging / "config.yaml", config_dict(config))
         write_json(staging / "subset_ids.json", [t.id for t in subset])
         start = time.time()
-        logs = prepare_format(model, tokenizer, subset, config.options())
+        logs = prepare_format(model, tokenizer, subset, config)
         write_jsonl(staging / "train_log.jsonl", logs)
         write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "final": logs[-1]})
         model.save_pretrained(staging / "model", safe_serialization=True)
@@ -213,7 +198,7 @@ class TrainingStopped(Exception):
 
 
 @dataclass
-class MetaTrainConfig:
+class MetaTrainConfig(MetaOptions):
     """`promptstep meta-train`: meta-train so one inner step on a context acts like prompting with it."""
 
     model: str = "tiny"
@@ -222,22 +207,10 @@ class MetaTrainConfig:
     eval_split: str = "test"
     train_limit: int | None = None
     eval_n: int = 100
-    objective: str = "lc"
-    inner_lr: float = 1e-3
-    inner_steps: int = 1
-    inner_params: str | None = None
-    first_order: bool = False
-    outer_lr: float = 1e-5
-    batch_size: int = 16
     epochs: int = 1
     max_steps: int | None = None
-    clip: float = 1.0
-    lm_weight: float = 0.0
-    lm_source: str = "prompt"
     eval_every: int = 0
     checkpoint_every: int = 50
-    max_new_tokens: int = 16
-    nan_patience: int = 3
     seed: int = 0
     attn: str = "eager"
     name: str = "meta"
@@ -245,15 +218,10 @@ class MetaTrainConfig:
     resume: bool = False
     overwrite: bool = False
 
-    def options(self):
-        from promptstep.meta import MetaOptions
-
-        return _options_from(MetaOptions, self)
-
     def validate(self) -> None:
         if not self.data:
             raise InputError("meta-train needs --data (a dataset directory)")
-        self.options().validate()
+        super().validate()
         for key in ("eval_n", "epochs"):
             _positive(key, getattr(self, key))
         for key in ("train_limit", "max_steps"):
@@ -307,7 +275,7 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
     if not config.first_order:
         check_second_order(model)
     out = _open_meta_run(config)
-    trainer = MetaTrainer(model, tokenizer, config.options())  # LC: the teacher is a frozen copy of `model` now
+    trainer = MetaTrainer(model, tokenizer, config)  # LC: the teacher is a frozen copy of `model` now
     examples = trainer.build_examples(train)
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
     if config.resume:

@@ -35,7 +35,7 @@ from promptstep.updates import inner_step, select_parameters
 LM_SOURCES = ("prompt", "context")
 
 
-@dataclass(frozen=True)
+@dataclass
 class MetaOptions:
     """Hyperparameters of meta-training (the library-level view of the `meta-train` config)."""
 

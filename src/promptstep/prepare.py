@@ -17,7 +17,7 @@ from promptstep.formats import Format, encode_pair, pad_batch
 from promptstep.updates import at_least_fp32
 
 
-@dataclass(frozen=True)
+@dataclass
 class PrepareOptions:
     """Subset size, optimisation and the weight of the NC-format loss relative to the Prompt format."""
 
