@@ -171,13 +171,13 @@ class PrepareConfig(PrepareOptions):
 
 
 def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
-
     out = Path(config.runs_dir) / config.name
     triplets = load_split(config.data, config.split, None)
     subset = choose_subset(triplets, config.n_examples, config.seed)
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
-        fit_lengths(subset, tokenizer, max_length(model, tokenizer), Format(), False, config.data)
+        fit_lengths(subset, tokenizer, max_length(model, tokenizer), Format(), False,
+                    str(dataset_file(config.data, config.split)))
         write_yaml(staging / "config.yaml", config_dict(config))
         write_json(staging / "subset_ids.json", [t.id for t in subset])
         start = time.time()

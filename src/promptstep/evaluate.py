@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from promptstep.data.triplets import Triplet
-from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch
+from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, starts_with_answer
 from promptstep.updates import inner_step, select_parameters, swapped_parameters
 
@@ -39,7 +39,7 @@ def score_answers(model, encoded: Sequence[Encoded], pad_id: int) -> list[tuple[
     """Teacher-forced (token accuracy, mean NLL per token) of each answer after its prefix."""
     batch = pad_batch([e.ids for e in encoded], pad_id)
     device = next(model.parameters()).device
-    logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).logits.float()
+    logits = model(**to_device(batch, device), use_cache=False).logits.float()
     results = []
     for row, enc in enumerate(encoded):
         start, n = len(enc.prefix_ids), len(enc.answer_ids)
@@ -77,7 +77,7 @@ def greedy_continuations(model, tokenizer, prefixes: Sequence[list[int]], max_ne
     batch = pad_batch(list(prefixes), tokenizer.pad_token_id, left=True)
     device = next(model.parameters()).device
     out = model.generate(
-        **{k: v.to(device) for k, v in batch.items()},
+        **to_device(batch, device),
         max_new_tokens=max_new_tokens,
         do_sample=False,
         use_cache=True,
@@ -146,7 +146,7 @@ def evaluate_prompted(model, tokenizer, triplets: Sequence[Triplet], setting: st
 def context_batch(tokenizer, triplet: Triplet, fmt: Format, device: torch.device) -> dict[str, torch.Tensor]:
     """The LM batch of the triplet's inner text (its context), on `device`."""
     batch = lm_batch([encode_text(tokenizer, fmt.inner_text(triplet))], tokenizer.pad_token_id)
-    return {k: v.to(device) for k, v in batch.items()}
+    return to_device(batch, device)
 
 
 def evaluate_finetuned(model, tokenizer, triplets: Sequence[Triplet], options: EvalOptions,

@@ -80,6 +80,11 @@ def pad_batch(sequences: list[list[int]], pad_id: int, left: bool = False) -> di
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch moved to `device`."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def lm_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """A right-padded batch with `labels` for a next-token loss over every real token."""
     batch = pad_batch(sequences, pad_id)

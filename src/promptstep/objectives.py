@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from promptstep.data.triplets import Triplet
-from promptstep.formats import Format, encode_pair, encode_text, lm_batch
+from promptstep.formats import Format, encode_pair, encode_text, lm_batch, to_device
 from promptstep.updates import ParamDict, at_least_fp32
 
 OBJECTIVES = ("lc", "lg")
@@ -80,4 +80,4 @@ def gold_nll(student_logp: torch.Tensor, answer_ids: Sequence[int]) -> torch.Ten
 
 def context_lm_batch(tokenizer, example: MetaExample, device: torch.device) -> dict[str, torch.Tensor]:
     """The LM batch (with labels) of the example's context, on `device`."""
-    return {k: v.to(device) for k, v in lm_batch([example.context_ids], tokenizer.pad_token_id).items()}
+    return to_device(lm_batch([example.context_ids], tokenizer.pad_token_id), device)

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
-from promptstep.formats import Format, encode_pair, pad_batch
+from promptstep.formats import Format, encode_pair, pad_batch, to_device
 from promptstep.updates import at_least_fp32
 
 
@@ -49,7 +49,7 @@ def answer_nll(model, tokenizer, triplets: Sequence[Triplet], setting: str, fmt:
                for t in triplets]
     batch = pad_batch([e.ids for e in encoded], tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).logits
+    logits = model(**to_device(batch, device), use_cache=False).logits
     losses = []
     for row, enc in enumerate(encoded):
         start, n = len(enc.prefix_ids), len(enc.answer_ids)
