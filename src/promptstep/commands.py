@@ -217,6 +217,7 @@ class MetaTrainConfig(MetaOptions):
     runs_dir: str = "runs"
     resume: bool = False
     overwrite: bool = False
+    before_from: str | None = None
 
     def validate(self) -> None:
         if not self.data:
@@ -232,6 +233,22 @@ class MetaTrainConfig(MetaOptions):
 
 
 _RESTART_KEYS = ("resume", "overwrite")
+_SAME_EVAL_KEYS = ("model", "data", "eval_split", "eval_n", "max_new_tokens", "attn")
+
+
+def _reused_before(config: MetaTrainConfig) -> dict:
+    """The `before.json` of another meta-train run on the same model and evaluation set (`--before-from RUN`)."""
+    from promptstep.config import read_yaml
+
+    other = Path(config.before_from)
+    if not (other / "before.json").is_file() or not (other / "config.yaml").is_file():
+        raise InputError(f"--before-from {other}: not a meta-train run (needs before.json and config.yaml)")
+    saved = read_yaml(other / "config.yaml")
+    for key in _SAME_EVAL_KEYS:
+        if saved.get(key) != getattr(config, key):
+            raise InputError(f"--before-from {other}: '{key}' was {saved.get(key)!r} there, "
+                             f"{getattr(config, key)!r} here")
+    return json.loads((other / "before.json").read_text())
 
 
 def _open_meta_run(config: MetaTrainConfig) -> Path:
@@ -274,6 +291,7 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
         raise InputError(f"batch_size {config.batch_size} is larger than the {len(train)} training triplets")
     if not config.first_order:
         check_second_order(model)
+    reused_before = _reused_before(config) if config.before_from and not config.resume else None
     out = _open_meta_run(config)
     trainer = MetaTrainer(model, tokenizer, config)  # LC: the teacher is a frozen copy of `model` now
     examples = trainer.build_examples(train)
@@ -283,7 +301,7 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
         before = json.loads((out / "before.json").read_text())
         print(f"resuming {out} at step {trainer.step_count} of {len(batches)}", flush=True)
     else:
-        before = eval_summary(trainer, eval_set, progress=True)["summary"]
+        before = reused_before or eval_summary(trainer, eval_set, progress=True)["summary"]
         write_json(out / "before.json", before)
     result = run_training(trainer, batches, out=out, eval_set=eval_set, eval_every=config.eval_every,
                           checkpoint_every=config.checkpoint_every)
