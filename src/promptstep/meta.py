@@ -65,6 +65,9 @@ class MetaOptions:
                 raise InputError(f"config key '{key}' must be >= 0, got {getattr(self, key)}")
 
 
+STOP_RULE = "newline-after-text"  # part of the teacher-answer cache key: where greedy answers end
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A hash of every parameter's bytes: identifies the weights a cache entry was computed with."""
     digest = hashlib.sha256()
@@ -77,7 +80,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format, max_new_tokens: int,
                     batch_size: int = 16, progress: bool = True) -> dict[str, list[int]]:
     """The teacher's greedy answer ids to context + query for every triplet, cached on disk per model and data."""
-    key_src = json.dumps([model_fingerprint(teacher), fmt.separator, fmt.answer_prefix, max_new_tokens,
+    key_src = json.dumps([model_fingerprint(teacher), fmt.separator, fmt.answer_prefix, max_new_tokens, STOP_RULE,
                           [(t.id, t.context, t.query) for t in triplets]])
     path = cache_dir() / "teacher" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.json"
     if path.is_file():
