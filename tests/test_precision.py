@@ -72,7 +72,7 @@ def _saved_numel(trainer, example):
 @pytest.mark.parametrize("maker", [make_gpt2, make_llama])
 def test_gradient_checkpointing_gives_the_same_second_order_meta_gradient(tokenizer, maker):
     """fp64, full-parameter inner step: checkpointed layers recompute with the adapted weights, so the
-    meta-gradient is the same to rounding (without that, it is off by ~10 %)."""
+    meta-gradient is the same to rounding (without that, it is off by 5-20 % in relative norm)."""
     teacher = maker(len(tokenizer), seed=2).double()
     _, loss, plain = _meta_gradient(maker(len(tokenizer), seed=1).double(), tokenizer, teacher)
     trainer, loss_ckpt, checked = _meta_gradient(maker(len(tokenizer), seed=1).double(), tokenizer, teacher,
