@@ -100,3 +100,17 @@ def test_sdpa_model_runs_the_meta_step_under_math_attention(tokenizer):
     _, _, sdpa_grads = _meta_gradient(sdpa, tokenizer, copy.deepcopy(teacher))
     for name in eager_grads:
         torch.testing.assert_close(sdpa_grads[name], eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_meta_train_cli_with_bf16_and_checkpointing(tmp_path, saved_gpt2_256):
+    from promptstep.cli import main
+
+    data = tmp_path / "data"
+    assert main(["data", "character", "--out", str(data), "--n-train", "4", "--n-test", "2"]) == 0
+    args = ["meta-train", "--data", str(data), "--model", saved_gpt2_256, "--runs-dir", str(tmp_path), "--name", "m",
+            "--eval-n", "2", "--max-new-tokens", "2", "--batch-size", "2", "--precision", "bf16",
+            "--grad-checkpointing", "true", "--device", "cpu"]
+    assert main(args) == 0
+    log = (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 2 and "skipped" not in log[0]
+    assert "precision: bf16" in (tmp_path / "m" / "config.yaml").read_text()

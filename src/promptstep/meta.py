@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -95,7 +96,7 @@ def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format
         for triplet, ids in zip(part, greedy_continuations(teacher, tokenizer, prefixes, max_new_tokens)):
             answers[triplet.id] = ids
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # runs (or processes) filling the same entry write apart
     tmp.write_text(json.dumps(answers), encoding="utf-8")
     tmp.replace(path)
     return answers
@@ -134,8 +135,9 @@ class MetaTrainer:
         """Tokenised examples whose targets are the teacher's greedy answers (LC) or the gold answers (LG)."""
         if self.options.objective == "lg":
             return [build_example(self.tokenizer, t, self.fmt) for t in triplets]
-        answers = teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
-                                  progress=progress)
+        with meta_step_context(self.teacher, self.options.precision):  # the precision the KL targets see
+            answers = teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
+                                      progress=progress)
         return [build_example(self.tokenizer, t, self.fmt, answers[t.id]) for t in triplets if answers[t.id]]
 
     # -------------------------------------------------------------- losses
