@@ -177,10 +177,16 @@ def spawn(run: Callable[[Any], Any], config: Any, n: int, expected: tuple[type[B
     if not dist.is_available():
         raise InputError("this torch build has no torch.distributed; run with --num-processes 1")
     threads = max(1, torch.get_num_threads() // n)
-    errors = mp.get_context("spawn").SimpleQueue()
+    # A fork server imports `run`'s module (torch, transformers) once and forks the workers from that clean
+    # process, which never ran torch ops or touched CUDA; where there is none (Windows), spawn them afresh.
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    context = mp.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([run.__module__])
+    errors = context.SimpleQueue()
     args = (n, _free_port(), threads, run, config, expected, errors)
     try:
-        mp.start_processes(_worker, args=args, nprocs=n, start_method="spawn")
+        mp.start_processes(_worker, args=args, nprocs=n, start_method=method)
     except (mp.ProcessExitedException, mp.ProcessRaisedException):
         reported = []
         while not errors.empty():
