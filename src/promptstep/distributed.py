@@ -158,9 +158,10 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, threads: int, run: Callable, config: Any,
-            expected: tuple[type[BaseException], ...], errors: Any) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            expected: tuple[type[BaseException], ...], errors: Any, environ: dict[str, str]) -> None:
+    os.environ.clear()  # the launching process's environment now, not the fork server's from its start
+    os.environ.update(environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     try:
         run(config)
@@ -184,7 +185,7 @@ def spawn(run: Callable[[Any], Any], config: Any, n: int, expected: tuple[type[B
     if method == "forkserver":
         context.set_forkserver_preload([run.__module__])
     errors = context.SimpleQueue()
-    args = (n, _free_port(), threads, run, config, expected, errors)
+    args = (n, _free_port(), threads, run, config, expected, errors, dict(os.environ))
     try:
         mp.start_processes(_worker, args=args, nprocs=n, start_method=method)
     except (mp.ProcessExitedException, mp.ProcessRaisedException):
