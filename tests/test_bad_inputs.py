@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -119,7 +120,7 @@ def custom_code_model(env: Env) -> None:
 
 
 def full_disk(env: Env) -> None:
-    env.monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 10**5))
+    env.monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=0))
 
 
 def read_only_runs_dir(env: Env) -> None:
