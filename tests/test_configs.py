@@ -7,7 +7,8 @@ import pytest
 from promptstep.cli import COMMANDS
 from promptstep.config import build_config
 
-PRESETS = {"eval.yaml": "eval", "meta-tiny.yaml": "meta-train", "meta-smollm2.yaml": "meta-train", "demo.yaml": "demo"}
+PRESETS = {"eval.yaml": "eval", "meta-tiny.yaml": "meta-train", "meta-smollm2.yaml": "meta-train", "demo.yaml": "demo",
+           "meta-gpu-1b.yaml": "meta-train"}
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from promptstep.checkpoints import load_checkpoint, save_checkpoint
 from promptstep.data.triplets import Triplet
+from promptstep.distributed import Processes
 from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions, evaluate, greedy_continuations, summarize
 from promptstep.formats import Format, encode_text
@@ -30,6 +32,7 @@ from promptstep.objectives import (
     forward_kl,
     gold_nll,
 )
+from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_context
 from promptstep.updates import inner_step, select_parameters
 
 LM_SOURCES = ("prompt", "context")
@@ -51,8 +54,11 @@ class MetaOptions:
     lm_source: str = "prompt"
     max_new_tokens: int = 16
     nan_patience: int = 3
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
 
     def validate(self) -> None:
+        compute_dtype(self.precision)
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVES)})")
         if self.lm_source not in LM_SOURCES:
@@ -93,7 +99,7 @@ def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format
         for triplet, ids in zip(part, greedy_continuations(teacher, tokenizer, prefixes, max_new_tokens)):
             answers[triplet.id] = ids
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # runs (or processes) filling the same entry write apart
     tmp.write_text(json.dumps(answers), encoding="utf-8")
     tmp.replace(path)
     return answers
@@ -103,11 +109,12 @@ class MetaTrainer:
     """Meta-trains `model` so that one inner step on a context acts like the context in the prompt.
 
     Examples are processed one at a time and their outer gradients accumulated, so peak memory does not grow
-    with the batch size. The teacher (LC) is a frozen copy of the model as it was when training started.
+    with the batch size. The teacher (LC) is a frozen copy of the model as it was when training started (kept
+    in bf16 under bf16 precision). With several `processes`, each takes its share of every batch.
     """
 
     def __init__(self, model, tokenizer, options: MetaOptions, fmt: Format | None = None,
-                 teacher: torch.nn.Module | None = None) -> None:
+                 teacher: torch.nn.Module | None = None, processes: Processes | None = None) -> None:
         options.validate()
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.fmt = fmt or Format()
@@ -115,10 +122,15 @@ class MetaTrainer:
         self.inner_names = list(select_parameters(model, options.inner_params))
         self.optimizer = torch.optim.Adam(self.params.values(), lr=options.outer_lr)
         needs_teacher = options.objective == "lc"
-        self.teacher = (teacher or copy.deepcopy(model)).eval().requires_grad_(False) if needs_teacher else None
+        if needs_teacher and teacher is None:
+            teacher = copy.deepcopy(model).to(compute_dtype(options.precision))
+        self.teacher = teacher.eval().requires_grad_(False) if needs_teacher else None
+        if options.grad_checkpointing:
+            enable_checkpointing(model)
         self.step_count = 0
         self.bad_steps = 0
         self.device = next(model.parameters()).device
+        self.processes = processes or Processes(device=self.device)
 
     # -------------------------------------------------------------- targets
 
@@ -126,8 +138,9 @@ class MetaTrainer:
         """Tokenised examples whose targets are the teacher's greedy answers (LC) or the gold answers (LG)."""
         if self.options.objective == "lg":
             return [build_example(self.tokenizer, t, self.fmt) for t in triplets]
-        answers = teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
-                                  progress=progress)
+        with meta_step_context(self.teacher, self.options.precision):  # the precision the KL targets see
+            answers = teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
+                                      progress=progress)
         return [build_example(self.tokenizer, t, self.fmt, answers[t.id]) for t in triplets if answers[t.id]]
 
     # -------------------------------------------------------------- losses
@@ -141,6 +154,10 @@ class MetaTrainer:
 
     def example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
         """Outer loss of one example: target loss after the inner step, plus lambda * L_LM before it."""
+        with meta_step_context(self.model, self.options.precision, self.options.grad_checkpointing):
+            return self._example_loss(example)
+
+    def _example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
         opts = self.options
         context = context_lm_batch(self.tokenizer, example, self.device)
         inner = {name: self.params[name] for name in self.inner_names}
@@ -162,29 +179,38 @@ class MetaTrainer:
 
     # -------------------------------------------------------------- outer step
 
-    def accumulate(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None
-                   ) -> dict[str, float]:
-        """Add the gradient of the mean outer loss of `batch` into `.grad`, one example at a time."""
+    def accumulate(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   total: int | None = None) -> dict[str, float]:
+        """Add the gradient of the mean outer loss of `batch` into `.grad`, one example at a time.
+
+        `total` is the size of the whole batch when `batch` is one process's share of it (the mean is over all).
+        """
+        total = total or len(batch)
         sums: dict[str, float] = {}
         for example in batch:
             loss, parts = self.example_loss(example)
             if inject is not None:
                 loss = inject(loss)
-            (loss / len(batch)).backward()
+            (loss / total).backward()
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value / len(batch)
-            sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(batch)
+                sums[key] = sums.get(key, 0.0) + value / total
+            sums["loss"] = sums.get("loss", 0.0) + loss.item() / total
         return sums
 
     def outer_step(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None
                    ) -> dict[str, float]:
-        """One clipped Adam step on the mean outer loss of `batch`; a non-finite loss or gradient skips it."""
+        """One clipped Adam step on the mean outer loss of `batch`; a non-finite loss or gradient skips it.
+
+        With several processes, each accumulates its share and the gradients are summed before clipping.
+        """
         self.optimizer.zero_grad(set_to_none=True)
+        params = list(self.params.values())
         try:
-            sums = self.accumulate(batch, inject)
-            norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.options.clip).item()
+            sums = self.accumulate(self.processes.share(batch), inject, total=len(batch))
         except FloatingPointError:  # the inner loss itself was not finite
-            sums, norm = {"loss": float("nan")}, float("nan")
+            sums = {"loss": float("nan")}
+        sums = self.processes.reduce(params, sums)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.options.clip).item()
         self.step_count += 1
         log = {"step": self.step_count, **sums, "grad_norm": norm}
         if not (math.isfinite(norm) and math.isfinite(sums["loss"])):
@@ -206,14 +232,18 @@ class MetaTrainer:
 
     def restore(self, path: Path) -> dict:
         """Load weights, optimizer, RNG and step count from a checkpoint; return its progress record."""
-        weights, progress = load_checkpoint(path, self.optimizer)
-        if set(weights) != set(self.params):
-            raise InputError(f"{path}: checkpoint parameters do not match the model (different model?)")
-        with torch.no_grad():
+
+        def check(weights: dict[str, torch.Tensor]) -> None:
+            if set(weights) != set(self.params):
+                raise InputError(f"{path}: checkpoint parameters do not match the model (different model?)")
             for name, value in weights.items():
                 if value.shape != self.params[name].shape:
                     raise InputError(f"{path}: parameter {name} has shape {tuple(value.shape)}, model has "
                                      f"{tuple(self.params[name].shape)} (different model?)")
+
+        weights, progress = load_checkpoint(path, self.optimizer, check)
+        with torch.no_grad():
+            for name, value in weights.items():
                 self.params[name].copy_(value)
         self.step_count = int(progress["step"])
         return progress
@@ -278,12 +308,25 @@ def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]],
             if eval_set and eval_every and (trainer.step_count % eval_every == 0) and not done:
                 last_eval = eval_summary(trainer, eval_set)
                 _log_eval(out, trainer.step_count, last_eval["summary"])
-            if out and checkpoint_every and (trainer.step_count % checkpoint_every == 0 or done):
-                trainer.save(out / "checkpoint")
+            if checkpoint_every and (trainer.step_count % checkpoint_every == 0 or done):
+                stopped = trainer.processes.broadcast(_save(trainer, out))
+                if stopped:
+                    break
     finally:
         if log_file:
             log_file.close()
     return {"stopped": stopped, "steps": trainer.step_count, "wall_s": round(time.time() - began, 1)}
+
+
+def _save(trainer: MetaTrainer, out: Path | None) -> str | None:
+    """Write `out/checkpoint` (nothing without `out`); why that failed, or None."""
+    if out is None:
+        return None
+    try:
+        trainer.save(out / "checkpoint")
+    except OSError as err:  # e.g. a full disk: the previous checkpoint is still whole
+        return f"could not write the step-{trainer.step_count} checkpoint ({err})"
+    return None
 
 
 def _log_eval(out: Path | None, step: int, summary: dict) -> None:
