@@ -47,6 +47,12 @@ def _line(**changes) -> str:
     return json.dumps({k: v for k, v in record.items() if v is not ...}) + "\n"
 
 
+def _squad_files(qa: dict, context: str = "Ann Smith") -> dict[str, str]:
+    """An official-format SQuAD directory `sq/` whose one question is `qa`."""
+    doc = json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": context, "qas": [qa]}]}]})
+    return {"sq/train-v1.1.json": doc, "sq/dev-v1.1.json": doc}
+
+
 @dataclass(frozen=True)
 class Env:
     tmp: Path
@@ -222,6 +228,25 @@ BAD = [
     Bad("prepare-negative-nc-weight", "prepare --model {model} --data {data} --nc-weight -1",
         r"'nc_weight' must be >= 0"),
     Bad("prepare-missing-data", "prepare --model {model} --data nothing", r"error: nothing: no such file"),
+    # data: SQuAD and WikiText files
+    Bad("squad-missing-answers", "data squad --source sq --out out", r"qas\[0\]: missing field 'answers'",
+        _squad_files({"id": "q", "question": "Who?"})),
+    Bad("squad-answer-start-outside", "data squad --source sq --out out",
+        r"answer_start 99 is outside the passage \(9 characters\)",
+        _squad_files({"id": "q", "question": "Who?", "answers": [{"text": "Ann", "answer_start": 99}]})),
+    Bad("squad-empty-paragraph", "data squad --source sq --out out", r"paragraphs\[0\]: empty paragraph context",
+        _squad_files({"id": "q", "question": "Who?", "answers": []}, context="  ")),
+    Bad("squad-not-json", "data squad --source sq --out out", r"train-v1.1.json: not valid JSON",
+        {"sq/train-v1.1.json": "{", "sq/dev-v1.1.json": "{"}),
+    Bad("squad-dir-without-files", "data squad --source {tmp} --out out", r"train-v1.1.json: no such file"),
+    Bad("wikitext-missing-file", "data wikitext --source wt --out out", r"wiki.train.raw: no such file",
+        {"wt/wiki.test.raw": " Prose .\n"}),
+    Bad("wikitext-only-headings", "data wikitext --source wt --out out", r"wiki.train.raw: holds no paragraphs",
+        {"wt/wiki.train.raw": " = Title = \n\n = = Section = = \n", "wt/wiki.test.raw": " = T = \n"}),
+    Bad("wikitext-not-utf8", "data wikitext --source wt --out out", r"wiki.train.raw: not UTF-8 text",
+        {"wt/wiki.train.raw": b"caf\xe9 au lait\n", "wt/wiki.test.raw": b"x\n"}),
+    Bad("data-spans-inverted", "data wiki-offline --out out --min-context-words 50 --max-context-words 10",
+        r"max_context_words \(10\) is below min_context_words \(50\)"),
     # meta-train
     Bad("meta-no-data", "meta-train --model {model}", r"meta-train needs --data"),
     Bad("meta-unknown-objective", META + " --objective kl", r"unknown objective 'kl'"),
