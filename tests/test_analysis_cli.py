@@ -90,3 +90,12 @@ def test_meta_train_accepts_the_lcgd_inner_rule(character, saved_gpt2_256, tmp_p
     assert main(args) == 0
     assert yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())["inner_rule"] == "lcgd"
     assert main([*args[:-2], "--name", "m2", "--inner-rule", "adam"]) == 2
+
+
+@pytest.mark.slow
+def test_mr_on_smollm2_records_every_layer_and_head(tmp_path):
+    args = ["analyze", "--models", "smollm2-135m", "--n-test", "1", "--n-demos", "2", "--baselines", "",
+            "--runs-dir", str(tmp_path), "--name", "s"]
+    assert main(args) == 0
+    (row,) = [json.loads(line) for line in (tmp_path / "s" / "records.jsonl").read_text().splitlines()]
+    assert len(row["sgd"]["simaou"]) == len(row["alpha"]) == 30

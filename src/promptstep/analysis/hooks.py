@@ -128,15 +128,16 @@ def _recording(model: torch.nn.Module, anatomy: Anatomy, n_keys: int, outputs: l
 def record(model: torch.nn.Module, ids: Sequence[int], n_keys: int, logits_at: int = -1) -> Recording:
     """Forward one sequence and record every layer's attention output and scores at its last token.
 
-    The scores run to the last `n_keys` tokens (the test input); the logits are those at `logits_at`.
+    The scores run to the last `n_keys` tokens (the test input); the logits are those at `logits_at` (< 0).
     """
-    if not 0 < n_keys <= len(ids):
-        raise ValueError(f"n_keys must be in 1..{len(ids)}, got {n_keys}")
+    if not 0 < n_keys <= len(ids) or not -len(ids) <= logits_at < 0:
+        raise ValueError(f"need 0 < n_keys <= {len(ids)} and -{len(ids)} <= logits_at < 0")
     anatomy = anatomy_of(model)
     n_layers = len(anatomy.layers)
     outputs: list = [None] * n_layers
     scores: list = [None] * n_layers
     device = next(model.parameters()).device
     with _recording(model, anatomy, n_keys, outputs, scores):
-        logits = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False).logits
+        logits = model(input_ids=torch.tensor([list(ids)], device=device), use_cache=False,
+                       logits_to_keep=-logits_at).logits
     return Recording(torch.stack(outputs).float(), torch.stack(scores).float(), logits[0, logits_at].float())
