@@ -199,7 +199,7 @@ def analyze_model(model, tokenizer, variants: list[list[ProbeGroup]], config: An
                 if variant == 0:
                     rows.append({"model": label, **example_row(probe, states, config.rules, generator,
                                                                 config.top_k)})
-                for setting in ("icl", *config.rules):
+                for setting in ("icl", *config.rules) if len(variants) > 1 else ():
                     distributions.setdefault((probe.id, setting), []).append(
                         torch.softmax(states[setting].logits.double(), -1).float())
                 bar.update()
@@ -242,8 +242,9 @@ def summarize_model(rows: list[dict], rules: Sequence[str]) -> dict:
     }
     for rule in rules:
         entry = {m: _layer_summary([r[rule][m] for r in rows]) for m in (*LAYER_METRICS, "update_norm")}
-        entry["rec2ftp"] = rec2ftp([r["correct"]["zs"] for r in rows], [r["correct"][rule] for r in rows],
-                                   [r["correct"]["icl"] for r in rows])
+        zs, ft, icl = ([r["correct"][s] for r in rows] for s in ("zs", rule, "icl"))
+        entry["rec2ftp"] = rec2ftp(zs, ft, icl)
+        entry["ft_fixes"] = sum(not z and f for z, f in zip(zs, ft))  # Rec2FTP's denominator
         for key in ("top_k_overlap", "overlap_cosine", "overlap_size"):
             entry[key] = _scalar([r[rule][key] for r in rows])
         summary["rules"][rule] = entry
