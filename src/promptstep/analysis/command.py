@@ -51,7 +51,8 @@ LAYER_METRICS = ("simaou", "simaou_norm", "simam", "simam_delta")
 class AnalyzeConfig:
     """`promptstep analyze`: ICL vs GD instruments (Dai; Deutch et al.; Shen et al.) on MR or Character Description.
 
-    models: trained models to analyse (the tokenizer of the first is used for all); baselines: untrained copies
+    models: trained models to analyse (the tokenizer of the first is used for all); data: the Character
+    Description dataset (MR reads gensim's copy of Pang & Lee); baselines: untrained copies
     of the first model run through the same pipeline; rules: FT update rules (sgd = vanilla GD, lcgd =
     Layer-Causal GD); train_params: "kv", "all" or a regex; position: "last" prompt token or Dai's "label"
     token; permutations: P demonstration orders for order sensitivity (0 = off; MR only).
@@ -123,6 +124,7 @@ def build_variants(config: AnalyzeConfig, tokenizer) -> list[list[ProbeGroup]]:
 
 
 def check_lengths(variants: list[list[ProbeGroup]], limit: int, label: str) -> None:
+    """Refuse ICL sequences longer than the model's window."""
     longest = max(len(p.icl_ids) for groups in variants for g in groups for p in g.probes)
     if longest > limit:
         raise InputError(f"an ICL sequence is {longest} tokens, over the {limit}-token window of {label}; "
