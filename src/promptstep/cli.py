@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from promptstep import commands
+from promptstep.analysis import AnalyzeConfig, run_analyze
 from promptstep.config import build_config
 from promptstep.errors import InputError
 
@@ -29,6 +30,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command(commands.PrepareConfig, commands.run_prepare, "format fine-tuning on a saved subset"),
     "meta-train": Command(commands.MetaTrainConfig, commands.run_meta_train, "meta-train the inner step"),
     "pretrain-tiny": Command(commands.PretrainTinyConfig, commands.run_pretrain_tiny, "pretrain the tiny model"),
+    "analyze": Command(AnalyzeConfig, run_analyze, "ICL vs GD instruments"),
 }
 
 

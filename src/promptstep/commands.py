@@ -312,7 +312,9 @@ class MetaTrainConfig(MetaOptions):
 
 
 _RESTART_KEYS = ("resume", "overwrite", "num_processes", "device")
-_SAME_EVAL_KEYS = ("model", "data", "eval_split", "eval_n", "max_new_tokens", "attn")
+# Everything the before-evaluation depends on, FT's inner step included.
+_SAME_EVAL_KEYS = ("model", "data", "eval_split", "eval_n", "max_new_tokens", "attn", "inner_lr", "inner_steps",
+                   "inner_params", "inner_rule")
 
 
 def _reused_before(config: MetaTrainConfig) -> dict:

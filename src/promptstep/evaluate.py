@@ -12,14 +12,14 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, starts_with_answer
-from promptstep.updates import inner_step, select_parameters, swapped_parameters
+from promptstep.updates import GradientFn, context_gradients, inner_step, select_parameters, swapped_parameters
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What to evaluate: settings, the FT step (one or more learning rates), decoding and batching."""
+    """What to evaluate: settings, the FT step (learning rates, rule), decoding and batching."""
 
     settings: tuple[str, ...] = ("nc", "prompt", "ft")
     lrs: tuple[float, ...] = (1e-3,)
@@ -28,6 +28,7 @@ class EvalOptions:
     max_new_tokens: int = 16
     batch_size: int = 16
     fmt: Format = field(default_factory=Format)
+    gradients: GradientFn = context_gradients
 
     def ft_label(self, lr: float) -> str:
         """Setting name of FT at `lr`: plain 'ft' when only one learning rate is evaluated."""
@@ -175,7 +176,8 @@ def evaluate_finetuned(model, tokenizer, triplets: Sequence[Triplet], options: E
     for triplet in tqdm(triplets, desc="eval ft", disable=not progress, unit="ex"):
         batch = context_batch(tokenizer, triplet, options.fmt, device)
         for lr in options.lrs:
-            adapted = inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False)
+            adapted = inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False,
+                                 gradients=options.gradients)
             with swapped_parameters(model, adapted):
                 (record,) = _answer_with_current_weights(model, tokenizer, [triplet], "ft", options)
             record["setting"] = options.ft_label(lr)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from promptstep.analysis.rules import INNER_RULES
 from promptstep.checkpoints import load_checkpoint, save_checkpoint
 from promptstep.data.triplets import Triplet
 from promptstep.distributed import Processes
@@ -46,6 +47,7 @@ class MetaOptions:
     inner_lr: float = 1e-3
     inner_steps: int = 1
     inner_params: str | None = None
+    inner_rule: str = "sgd"
     first_order: bool = False
     outer_lr: float = 1e-5
     batch_size: int = 16
@@ -61,6 +63,8 @@ class MetaOptions:
         compute_dtype(self.precision)
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVES)})")
+        if self.inner_rule not in INNER_RULES:
+            raise InputError(f"unknown inner_rule '{self.inner_rule}' (choose from {', '.join(INNER_RULES)})")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
         for key in ("outer_lr", "clip", "batch_size", "inner_steps", "max_new_tokens", "nan_patience"):
@@ -162,7 +166,8 @@ class MetaTrainer:
         context = context_lm_batch(self.tokenizer, example, self.device)
         inner = {name: self.params[name] for name in self.inner_names}
         adapted = inner_step(self.model, inner, context, lr=opts.inner_lr, steps=opts.inner_steps,
-                             first_order=opts.first_order, differentiable=True)
+                             first_order=opts.first_order, differentiable=True,
+                             gradients=INNER_RULES[opts.inner_rule])
         student = answer_logprobs(self.model, adapted, example.student_ids, example.n_answer)
         target = self._target_loss(student, example)
         parts = {"target": target.item()}
@@ -272,7 +277,8 @@ def eval_summary(trainer: MetaTrainer, triplets: Sequence[Triplet], progress: bo
     """NC / Prompt / FT summary with the trainer's inner step as the FT step."""
     opts = trainer.options
     options = EvalOptions(lrs=(opts.inner_lr,), steps=opts.inner_steps, param_filter=opts.inner_params,
-                          max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt)
+                          max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt,
+                          gradients=INNER_RULES[opts.inner_rule])
     records = evaluate(trainer.model, trainer.tokenizer, triplets, options, progress=progress)
     return {"summary": summarize(records), "records": records}
 
