@@ -59,11 +59,9 @@ def test_character_run_compares_prompt_with_one_step(character, tmp_path):
     ("extra", "message"),
     [
         (["--task", "squad"], "config key 'task': unknown value 'squad'"),
-        (["--rules", "sgd,adam"], "config key 'rules': unknown value 'adam'"),
         (["--baselines", "half"], "config key 'baselines': unknown value 'half'"),
         (["--position", "first"], "config key 'position': unknown value 'first'"),
         (["--permutations", "1"], "'permutations' must be 0 (off) or at least 2"),
-        (["--lr", "-1"], "'lr' must be positive"),
         (["--n-test", "0"], "'n_test' must be positive"),
         (["--rules", ""], "config key 'rules' is empty"),
         (["--task", "character"], "task 'character' needs --data"),

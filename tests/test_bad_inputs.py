@@ -272,6 +272,10 @@ BAD = [
         r"refusing pickled checkpoint checkpoint.pt \(it can run code on load\)", setup=pickled_checkpoint),
     Bad("meta-resume-truncated-checkpoint", META + DONE_ARGS + " --resume true",
         r"model.safetensors: checksum mismatch, the checkpoint is corrupt", setup=truncated_checkpoint),
+    # analyze
+    Bad("analyze-unknown-rule", "analyze --models tiny --runs-dir {runs} --rules sgd,adam",
+        r"config key 'rules': unknown value 'adam'"),
+    Bad("analyze-negative-lr", "analyze --models tiny --runs-dir {runs} --lr -1", r"'lr' must be positive"),
     # pretrain-tiny and demo
     Bad("pretrain-tiny-zero-steps", "pretrain-tiny --out t --steps 0", r"'steps' must be positive"),
     Bad("pretrain-tiny-over-shipped-model", "pretrain-tiny", r"assets/tiny already exists"),
