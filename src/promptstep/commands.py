@@ -278,7 +278,8 @@ def _open_meta_run(config: MetaTrainConfig) -> Path:
 
 def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     """Meta-train with evaluation before and after; writes logs, checkpoints, the final model and a plot."""
-    from promptstep.meta import MetaTrainer, batches_for, eval_summary, run_training
+    from promptstep.lora import build_trainer
+    from promptstep.meta import batches_for, eval_summary, run_training
     from promptstep.models import check_second_order
 
     train = load_split(config.data, config.train_split, config.train_limit)
@@ -293,7 +294,7 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
         check_second_order(model)
     reused_before = _reused_before(config) if config.before_from and not config.resume else None
     out = _open_meta_run(config)
-    trainer = MetaTrainer(model, tokenizer, config)  # LC: the teacher is a frozen copy of `model` now
+    trainer = build_trainer(model, tokenizer, config)  # LC: the teacher is a frozen copy of `model` now
     examples = trainer.build_examples(train)
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
     if config.resume:
@@ -318,10 +319,9 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
     plot_settings({"before": before, "after": after}, out / "before_after.png",
                   f"meta-train ({config.objective}) {config.model}")
     plot_training(out / "train_log.jsonl", out / "training.png")
-    model.save_pretrained(out / "model", safe_serialization=True)
-    tokenizer.save_pretrained(out / "model")
+    saved = trainer.export(out)
     print(markdown_table({"before": before, "after": after}))
-    print(f"results in {out}; meta-trained model in {out / 'model'}")
+    print(f"results in {out}; meta-trained model in {saved}")
     return out, summary
 
 

@@ -9,6 +9,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from promptstep.objectives import (
 from promptstep.updates import inner_step, select_parameters
 
 LM_SOURCES = ("prompt", "context")
+LORA_MODES = ("none", "inner", "outer")
 
 
 @dataclass
@@ -51,12 +53,26 @@ class MetaOptions:
     lm_source: str = "prompt"
     max_new_tokens: int = 16
     nan_patience: int = 3
+    inner_k: int = 1  # contexts per inner step; the outer batch splits into batch_size / inner_k groups
+    lora: str = "none"  # none | inner: a LoRA adapter is meta-learned and is what the inner step updates |
+    # outer: a rank-r LoRA update of the weights is meta-learned, the inner step is full rank on the merged weights
+    lora_rank: int | None = None  # default 8 for lora=inner, 1 for lora=outer (the paper's rank-1 outer update)
+    lora_alpha: float | None = None  # default = lora_rank (scaling 1)
+    lora_targets: str = "all-linear"  # PEFT target_modules: 'all-linear' or comma-separated module names
 
     def validate(self) -> None:
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVES)})")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
+        if self.lora not in LORA_MODES:
+            raise InputError(f"unknown lora '{self.lora}' (choose from {', '.join(LORA_MODES)})")
+        for key in ("lora_rank", "lora_alpha"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise InputError(f"config key '{key}' must be positive, got {getattr(self, key)}")
+        if self.inner_k < 1 or self.batch_size % self.inner_k:
+            raise InputError(f"inner_k must be >= 1 and divide batch_size (got inner_k={self.inner_k}, "
+                             f"batch_size={self.batch_size})")
         for key in ("outer_lr", "clip", "batch_size", "inner_steps", "max_new_tokens", "nan_patience"):
             if getattr(self, key) <= 0:
                 raise InputError(f"config key '{key}' must be positive, got {getattr(self, key)}")
@@ -136,38 +152,63 @@ class MetaTrainer:
             teacher_logp = answer_logprobs(self.teacher, None, example.teacher_ids, example.n_answer)
         return forward_kl(teacher_logp, student_logp)
 
-    def example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
-        """Outer loss of one example: target loss after the inner step, plus lambda * L_LM before it."""
+    def inner_start(self) -> dict[str, torch.Tensor]:
+        """The parameters the inner step starts from, as a differentiable function of the trained ones."""
+        return {name: self.params[name] for name in self.inner_names}
+
+    def inner_scope(self) -> AbstractContextManager:
+        """The context in which the model runs with the inner step's parameters substituted."""
+        return nullcontext()
+
+    def eval_model(self) -> torch.nn.Module:
+        """The model that evaluation runs (FT steps on its trainable parameters matching `inner_params`)."""
+        return self.model
+
+    def export(self, out: Path) -> Path:
+        """Save the meta-trained model (a PEFT adapter for lora=inner) and tokenizer to `out/model`."""
+        self.model.save_pretrained(out / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(out / "model")
+        return out / "model"
+
+    def group_loss(self, group: Sequence[MetaExample]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed outer loss of a group: one inner step on all its contexts together (mean token loss), each
+        example's target loss after it, plus lambda * L_LM before it."""
         opts = self.options
-        context = context_lm_batch(self.tokenizer, example, self.device)
-        inner = {name: self.params[name] for name in self.inner_names}
-        adapted = inner_step(self.model, inner, context, lr=opts.inner_lr, steps=opts.inner_steps,
-                             first_order=opts.first_order, differentiable=True)
-        student = answer_logprobs(self.model, adapted, example.student_ids, example.n_answer)
-        target = self._target_loss(student, example)
+        context = context_lm_batch(self.tokenizer, group, self.device)
+        start = self.inner_start()  # before the scope: PEFT's disable_adapter() also stops the adapter's grads
+        with self.inner_scope():
+            adapted = inner_step(self.model, start, context, lr=opts.inner_lr, steps=opts.inner_steps,
+                                 first_order=opts.first_order, differentiable=True)
+            target = sum(self._target_loss(answer_logprobs(self.model, adapted, e.student_ids, e.n_answer), e)
+                         for e in group)
         parts = {"target": target.item()}
         total = target
         if opts.lm_weight > 0:
             if opts.lm_source == "context":
-                reg = self.model(**context, use_cache=False).loss
+                reg = self.model(**context, use_cache=False).loss * len(group)
             else:
-                prompted = answer_logprobs(self.model, None, example.teacher_ids, example.n_answer)
-                reg = self._target_loss(prompted, example)
+                reg = sum(self._target_loss(answer_logprobs(self.model, None, e.teacher_ids, e.n_answer), e)
+                          for e in group)
             parts["lm"] = reg.item()
             total = total + opts.lm_weight * reg
         return total, parts
+
+    def example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
+        """Outer loss of one example: target loss after the inner step on its context, plus lambda * L_LM."""
+        return self.group_loss([example])
 
     # -------------------------------------------------------------- outer step
 
     def accumulate(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None
                    ) -> dict[str, float]:
-        """Add the gradient of the mean outer loss of `batch` into `.grad`, one example at a time."""
+        """Add the gradient of the mean outer loss of `batch` into `.grad`, one group of `inner_k` examples at once."""
         sums: dict[str, float] = {}
-        for example in batch:
-            loss, parts = self.example_loss(example)
+        k = self.options.inner_k
+        for start in range(0, len(batch), k):
+            loss, parts = self.group_loss(batch[start : start + k])
             if inject is not None:
                 loss = inject(loss)
-            (loss / len(batch)).backward()
+            (loss / len(batch)).backward(inputs=list(self.params.values()))
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value / len(batch)
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(batch)
@@ -240,7 +281,7 @@ def eval_summary(trainer: MetaTrainer, triplets: Sequence[Triplet], progress: bo
     opts = trainer.options
     options = EvalOptions(lrs=(opts.inner_lr,), steps=opts.inner_steps, param_filter=opts.inner_params,
                           max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt)
-    records = evaluate(trainer.model, trainer.tokenizer, triplets, options, progress=progress)
+    records = evaluate(trainer.eval_model(), trainer.tokenizer, triplets, options, progress=progress)
     return {"summary": summarize(records), "records": records}
 
 
