@@ -84,7 +84,7 @@ def test_bad_suites_give_one_line_and_write_nothing(tmp_path, capsys, change, me
     ({"meta": {**META, "inner_lr": "fast"}}, "'inner_lr': expected a number"),
     ({"meta": {**META, "lora_rnk": 2}}, "unknown config key 'lora_rnk'"),
     ({"experiments": {"multi": {"inner_ks": [3]}}}, "inner_k must be >= 1 and divide batch_size"),
-    ({"experiments": {"multi": {"eval": {"modes": ["parallel"]}}}}, "unknown mode 'parallel'"),
+    ({"experiments": {"multi": {"inner_ks": [4], "eval": {"modes": ["parallel"]}}}}, "unknown mode 'parallel'"),
 ])
 def test_bad_option_values_fail_before_anything_runs(tmp_path, capsys, change, message):
     assert main(["reproduce", "--suite", _write(tmp_path, _suite("tiny", **change))]) == 2
