@@ -21,8 +21,8 @@ def _suite(model, **changes):
         "meta": META,
         "experiments": {
             "figure2": {"tasks": ["character"]},
-            "lora": {"tasks": ["character"]},
-            "multi": {"tasks": ["character"], "inner_ks": [4], "eval": {"sizes": [1, 4], "n_groups": 2}},
+            "lora": {"tasks": ["character"], "modes": {"outer": {}, "inner": {"inner_lr": 1.0}}},
+            "multi": {"tasks": ["character"], "inner_ks": [1, 4], "eval": {"sizes": [1, 4], "n_groups": 2}},
             "controls": {"tasks": ["character"], "train_n": 4},
             "transfer": {"source": "reversal", "target": "character", "prep_examples": 4, "prep_steps": 1},
         },
@@ -44,7 +44,8 @@ def test_reproduce_runs_every_experiment_and_reports_paper_tables(saved_gpt2_256
     root = tmp_path / "runs" / "suite"
     runs = {p.name for p in (root / "small").iterdir()}
     assert {"meta-lc-character", "meta-lg-character", "lora-outer-character", "lora-inner-character",
-            "multi-k4-character", "multi-eval-base-character", "multi-eval-k1-character", "multi-eval-k4-character",
+            "multi-k1-character", "multi-k4-character", "multi-eval-base-character", "multi-eval-k1-character",
+            "multi-eval-k4-character",
             "controls-character", "meta-lg-reversal", "transfer-reversal-to-character"} <= runs
     report = (root / "report" / "report.md").read_text()
     for title in ("Figure 2", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5"):
@@ -56,6 +57,7 @@ def test_reproduce_runs_every_experiment_and_reports_paper_tables(saved_gpt2_256
     lora_inner = json.loads((root / "small" / "lora-inner-character" / "summary.json").read_text())
     lg = json.loads((root / "small" / "meta-lg-character" / "summary.json").read_text())
     assert lora_inner["before"]["ft"] != lg["before"]["ft"]  # the untrained adapter's step is not the full step
+    assert yaml.safe_load((root / "small" / "lora-inner-character" / "config.yaml").read_text())["inner_lr"] == 1.0
     controls = json.loads((root / "small" / "controls-character" / "summary.json").read_text())
     assert set(controls["breakdown"]) == {"test", "train"} and "leak_em" in controls["eval"]["irrelevant"]
     capsys.readouterr()

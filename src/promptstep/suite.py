@@ -14,8 +14,8 @@ A suite has blocks; a block is one model with its tasks, budgets and experiments
         meta: {inner_lr: 0.1, ...}    # `meta-train` options shared by every meta-training run of the block
         experiments:                  # any of these; each may override `meta` with its own `meta:` mapping
           figure2:  {tasks: [character], objectives: [lc, lg]}
-          lora:     {tasks: [character], modes: [outer, inner], objective: lg}
-          multi:    {tasks: [character], inner_ks: [4, 16], objective: lg, eval: {sizes: [1, 4, 16], n_groups: 10}}
+          lora:     {tasks: [character], modes: {outer: {}, inner: {inner_lr: 3.0}}, objective: lg}
+          multi:    {tasks: [character], inner_ks: [1, 4, 16], meta: {batch_size: 16}, eval: {n_groups: 10}}
           controls: {tasks: [character], objective: lg, train_n: 50}
           transfer: {source: reversal, target: character, objective: lg}
 
@@ -54,6 +54,7 @@ EXPERIMENT_KEYS = {
     "transfer": {"source", "target", "objective", "meta", "modes", "joint_weight", "prep_examples", "prep_steps",
                  "prep_batch_size", "prep_lr", "prep_nc_weight"},
 }
+MULTI_KS = [1, 4, 16]
 CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed")
 BLOCK_KEYS = {"name", "model", "tasks", "prepare", "meta", "experiments"}
 SUITE_KEYS = {"name", "runs_dir", "metric", "blocks"}
@@ -129,6 +130,13 @@ def load_suite(path: str | Path) -> Suite:
     return Suite(str(raw.get("name") or Path(path).stem), str(raw.get("runs_dir", "runs")), metric, blocks)
 
 
+def lora_modes(spec: dict) -> dict[str, dict]:
+    """The lora experiment's modes with their own meta overrides: `modes: [outer, inner]` or a mapping
+    `modes: {outer: {}, inner: {inner_lr: 3.0}}`."""
+    modes = spec.get("modes", ["outer", "inner"])
+    return {str(m): {} for m in modes} if isinstance(modes, list) else {str(m): dict(v or {}) for m, v in modes.items()}
+
+
 def check_options(suite: Suite) -> None:
     """Build every step's config with placeholder paths, so a bad option fails before anything runs."""
     for block in suite.blocks:
@@ -138,8 +146,11 @@ def check_options(suite: Suite) -> None:
             for kind, spec in block.experiments.items():
                 meta = {**block.meta, **(spec.get("meta") or {}), "data": "-"}
                 build_config(MetaTrainConfig, None, meta)
+                if kind == "lora":
+                    for mode, mode_meta in lora_modes(spec).items():
+                        build_config(MetaTrainConfig, None, {**meta, **mode_meta, "lora": mode})
                 if kind == "multi":
-                    for k in spec.get("inner_ks", [4, 16]):
+                    for k in spec.get("inner_ks", MULTI_KS):
                         build_config(MetaTrainConfig, None, {**meta, "inner_k": k})
                     build_config(MultiContextConfig, None, {**(spec.get("eval") or {}), "data": "-"})
                 if kind == "controls":
@@ -199,10 +210,10 @@ class BlockRunner:
         return str(self.dir / name / "model")
 
     def meta(self, task: str, objective: str, lora: str = "none", inner_k: int = 1, overrides: dict | None = None,
-             before_from: Path | None = None) -> Path:
-        """A meta-train run (made if missing) named after what it varies: meta-lg-TASK, lora-outer-TASK, ..."""
-        name = (f"lora-{lora}-{task}" if lora != "none" else f"multi-k{inner_k}-{task}" if inner_k > 1
-                else f"meta-{objective}-{task}")
+             before_from: Path | None = None, name: str | None = None) -> Path:
+        """A meta-train run (made if missing), by default meta-OBJECTIVE-TASK: the one figure2, controls and
+        transfer share."""
+        name = name or f"meta-{objective}-{task}"
         path = self.dir / name
         values = {"checkpoint_every": 0, **self.block.meta, **(overrides or {}), "model": self.base(task),
                   "data": self.data(task), "objective": objective, "lora": lora, "inner_k": inner_k, "name": name,
@@ -230,16 +241,18 @@ class BlockRunner:
 
     def lora(self, spec: dict) -> None:
         for task in spec.get("tasks", list(self.block.tasks)):
-            for mode in spec.get("modes", ["outer", "inner"]):
-                self.meta(task, spec.get("objective", "lg"), lora=mode, overrides=spec.get("meta"))
+            for mode, mode_meta in lora_modes(spec).items():
+                self.meta(task, spec.get("objective", "lg"), lora=mode, overrides={**spec.get("meta", {}), **mode_meta},
+                          name=f"lora-{mode}-{task}")
 
     def multi(self, spec: dict) -> None:
         objective = spec.get("objective", "lg")
         defaults = self._meta_defaults()
         for task in spec.get("tasks", list(self.block.tasks)):
-            models = {"base": self.base(task), "k1": str(self.meta(task, objective) / "model")}
-            for k in spec.get("inner_ks", [4, 16]):
-                models[f"k{k}"] = str(self.meta(task, objective, inner_k=k, overrides=spec.get("meta")) / "model")
+            models = {"base": self.base(task)}
+            for k in spec.get("inner_ks", MULTI_KS):
+                run = self.meta(task, objective, inner_k=k, overrides=spec.get("meta"), name=f"multi-k{k}-{task}")
+                models[f"k{k}"] = str(run / "model")
             for label, model in models.items():
                 name = f"multi-eval-{label}-{task}"
                 values = {"lr": defaults["lr"], "max_new_tokens": defaults["max_new_tokens"],
