@@ -72,7 +72,7 @@ def test_reproduce_runs_every_experiment_and_reports_paper_tables(saved_gpt2_256
     ({"colour": "red"}, "unknown key 'colour'"),
     ({"experiments": {"lora": {"tasks": ["squad"]}}}, "unknown task 'squad'"),
     ({"experiments": {"figure2": {"objective": "lc"}}}, "unknown key 'objective'"),
-    ({"tasks": {"x": {"generate": "character", "data": "d"}}}, "either 'generate' or 'data'"),
+    ({"tasks": {"x": {"generate": "character", "data": "d"}}}, "either 'generate'"),
 ])
 def test_bad_suites_give_one_line_and_write_nothing(tmp_path, capsys, change, message):
     assert main(["reproduce", "--suite", _write(tmp_path, _suite("tiny", **change))]) == 2
@@ -85,6 +85,8 @@ def test_bad_suites_give_one_line_and_write_nothing(tmp_path, capsys, change, me
     ({"meta": {**META, "outer_lr": -1}}, "'outer_lr' must be positive"),
     ({"meta": {**META, "inner_lr": "fast"}}, "'inner_lr': expected a number"),
     ({"meta": {**META, "lora_rnk": 2}}, "unknown config key 'lora_rnk'"),
+    ({"tasks": {"character": {"generate": "character", "n_tran": 5}, "reversal": {"generate": "reversal"}}},
+     "unknown config key 'n_tran'"),
     ({"experiments": {"multi": {"inner_ks": [3]}}}, "inner_k must be >= 1 and divide batch_size"),
     ({"experiments": {"multi": {"inner_ks": [4], "eval": {"modes": ["parallel"]}}}}, "unknown mode 'parallel'"),
 ])

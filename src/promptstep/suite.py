@@ -8,7 +8,7 @@ A suite has blocks; a block is one model with its tasks, budgets and experiments
     blocks:
       - name: tiny
         model: tiny
-        tasks:                        # generated ({generate: character|reversal, n_train, n_test, seed}) or {data: DIR}
+        tasks:                        # {generate: TASK, <`data` command options>} or {data: DIR}
           character: {generate: character, n_train: 600, n_test: 100}
         prepare: null                 # or `prepare` options (n_examples, steps, batch_size, lr, nc_weight)
         meta: {inner_lr: 0.1, ...}    # `meta-train` options shared by every meta-training run of the block
@@ -58,7 +58,6 @@ MULTI_KS = [1, 4, 16]
 CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed")
 BLOCK_KEYS = {"name", "model", "tasks", "prepare", "meta", "experiments"}
 SUITE_KEYS = {"name", "runs_dir", "metric", "blocks"}
-TASK_KEYS = {"generate", "n_train", "n_test", "seed", "data"}
 
 
 def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict:
@@ -110,10 +109,11 @@ def load_suite(path: str | Path) -> Suite:
         for key in ("name", "model", "tasks"):
             if not entry.get(key):
                 raise InputError(f"{spot}: missing '{key}'")
-        tasks = {name: _mapping(spec, f"{spot}.tasks.{name}", TASK_KEYS) for name, spec in entry["tasks"].items()}
+        tasks = {name: _mapping(spec, f"{spot}.tasks.{name}") for name, spec in entry["tasks"].items()}
         for name, spec in tasks.items():
-            if ("generate" in spec) == ("data" in spec):
-                raise InputError(f"{spot}.tasks.{name}: give either 'generate' or 'data'")
+            if ("generate" in spec) == ("data" in spec) or ("data" in spec and len(spec) > 1):
+                raise InputError(f"{spot}.tasks.{name}: give either 'generate' (with `data` command options) or "
+                                 "only 'data'")
         experiments = _mapping(entry.get("experiments"), f"{spot}.experiments", set(EXPERIMENT_KEYS))
         experiments = {k: _mapping(v, f"{spot}.experiments.{k}", EXPERIMENT_KEYS[k]) for k, v in experiments.items()}
         for kind, spec in experiments.items():
@@ -137,10 +137,18 @@ def lora_modes(spec: dict) -> dict[str, dict]:
     return {str(m): {} for m in modes} if isinstance(modes, list) else {str(m): dict(v or {}) for m, v in modes.items()}
 
 
+def data_options(spec: dict) -> dict:
+    """The `data` command options of a generated task: {generate: TASK, n_train: ...} -> {task: TASK, ...}."""
+    return {"task": spec["generate"], **{k: v for k, v in spec.items() if k != "generate"}}
+
+
 def check_options(suite: Suite) -> None:
     """Build every step's config with placeholder paths, so a bad option fails before anything runs."""
     for block in suite.blocks:
         try:
+            for spec in block.tasks.values():
+                if "generate" in spec:
+                    build_config(DataConfig, None, data_options(spec) | {"out": "-"})
             if block.prepare is not None:
                 build_config(PrepareConfig, None, {**block.prepare, "data": "-"})
             for kind, spec in block.experiments.items():
@@ -193,8 +201,7 @@ class BlockRunner:
         if "data" in spec:
             return str(spec["data"])
         out = self.dir / "data" / task
-        config = DataConfig(task=spec["generate"], out=str(out), n_train=spec.get("n_train", 5000),
-                            n_test=spec.get("n_test", 500), seed=spec.get("seed", 0), overwrite=True)
+        config = build_config(DataConfig, None, data_options(spec) | {"out": str(out), "overwrite": True})
         self._step(out, lambda _: run_data(config))
         return str(out)
 
