@@ -17,13 +17,15 @@ def _suite(model, **changes):
         "name": "small",
         "model": model,
         "tasks": {"character": {"generate": "character", "n_train": 12, "n_test": 8},
-                  "reversal": {"generate": "reversal", "n_train": 12, "n_test": 8}},
+                  "reversal": {"generate": "reversal", "n_train": 12, "n_test": 8},
+                  "character-d1": {"distract": "character", "distractors": 1}},
         "meta": META,
         "experiments": {
             "figure2": {"tasks": ["character"]},
             "lora": {"tasks": ["character"], "modes": {"outer": {}, "inner": {"inner_lr": 1.0}}},
             "multi": {"tasks": ["character"], "inner_ks": [1, 4], "eval": {"sizes": [1, 4], "n_groups": 2}},
-            "controls": {"tasks": ["character"], "train_n": 4},
+            "controls": {"tasks": ["character"], "train_n": 4, "base_model": True},
+            "cross": {"pairs": [["character", "character-d1"]]},
             "transfer": {"source": "reversal", "target": "character", "prep_examples": 4, "prep_steps": 1},
         },
     }
@@ -46,9 +48,11 @@ def test_reproduce_runs_every_experiment_and_reports_paper_tables(saved_gpt2_256
     assert {"meta-lc-character", "meta-lg-character", "lora-outer-character", "lora-inner-character",
             "multi-k1-character", "multi-k4-character", "multi-eval-base-character", "multi-eval-k1-character",
             "multi-eval-k4-character",
-            "controls-character", "meta-lg-reversal", "transfer-reversal-to-character"} <= runs
+            "controls-character", "controls-base-character", "meta-lg-reversal", "transfer-reversal-to-character",
+            "cross-lg-character-on-character-d1"} <= runs
+    assert len(load_triplets(root / "small" / "data" / "character-d1" / "test.jsonl")) == 8
     report = (root / "report" / "report.md").read_text()
-    for title in ("Figure 2", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5"):
+    for title in ("Figure 2", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Meta-trained models on"):
         assert f"## {title}" in report
     assert "| SQuAD | 87.7 | 47.3 | 58.6 | 59.4 | 45.1 | 72.0 |" in report  # the paper's Table 1 beside ours
     assert (root / "report" / "figure2.png").stat().st_size > 1000
@@ -72,7 +76,8 @@ def test_reproduce_runs_every_experiment_and_reports_paper_tables(saved_gpt2_256
     ({"colour": "red"}, "unknown key 'colour'"),
     ({"experiments": {"lora": {"tasks": ["squad"]}}}, "unknown task 'squad'"),
     ({"experiments": {"figure2": {"objective": "lc"}}}, "unknown key 'objective'"),
-    ({"tasks": {"x": {"generate": "character", "data": "d"}}}, "either 'generate'"),
+    ({"tasks": {"x": {"generate": "character", "data": "d"}}}, "give one of 'generate'"),
+    ({"tasks": {"x": {"distract": "y"}}}, "distract names an unknown task 'y'"),
 ])
 def test_bad_suites_give_one_line_and_write_nothing(tmp_path, capsys, change, message):
     assert main(["reproduce", "--suite", _write(tmp_path, _suite("tiny", **change))]) == 2
@@ -85,8 +90,10 @@ def test_bad_suites_give_one_line_and_write_nothing(tmp_path, capsys, change, me
     ({"meta": {**META, "outer_lr": -1}}, "'outer_lr' must be positive"),
     ({"meta": {**META, "inner_lr": "fast"}}, "'inner_lr': expected a number"),
     ({"meta": {**META, "lora_rnk": 2}}, "unknown config key 'lora_rnk'"),
-    ({"tasks": {"character": {"generate": "character", "n_tran": 5}, "reversal": {"generate": "reversal"}}},
-     "unknown config key 'n_tran'"),
+    ({"tasks": {"character": {"generate": "character", "n_tran": 5}, "reversal": {"generate": "reversal"},
+                "character-d1": {"distract": "character", "distractors": 1}}}, "unknown config key 'n_tran'"),
+    ({"tasks": {"character": {"generate": "character"}, "reversal": {"generate": "reversal"},
+                "character-d1": {"distract": "character", "distractors": -1}}}, "'distractors' must be >= 0"),
     ({"experiments": {"multi": {"inner_ks": [3]}}}, "inner_k must be >= 1 and divide batch_size"),
     ({"experiments": {"multi": {"inner_ks": [4], "eval": {"modes": ["parallel"]}}}}, "unknown mode 'parallel'"),
 ])
@@ -114,7 +121,7 @@ def test_single_commands_and_report(saved_gpt2_256, tmp_path, capsys):
     assert "Table 2" in (tmp_path / "rep" / "report.md").read_text()
     assert not (tmp_path / "rep" / "figure2.png").exists()  # no meta-train runs: no Figure 2
     assert main(["report", str(tmp_path / "data")]) == 2
-    assert "no meta-train, multi-context, controls or transfer runs" in capsys.readouterr().err
+    assert "no meta-train, multi-context, controls, transfer or cross-evaluation runs" in capsys.readouterr().err
     assert main(["multi-context", "--data", str(data), *common, "--modes", "parallel"]) == 2
     assert main(["controls", "--data", str(data), *common, "--settings", "prompt,ft"]) == 2
     assert main(["distract", "--data", str(data), "--out", str(tmp_path / "d3"), "--distractors", "9"]) == 2

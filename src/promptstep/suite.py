@@ -8,16 +8,18 @@ A suite has blocks; a block is one model with its tasks, budgets and experiments
     blocks:
       - name: tiny
         model: tiny
-        tasks:                        # {generate: TASK, <`data` command options>} or {data: DIR}
-          character: {generate: character, n_train: 600, n_test: 100}
+        tasks:                        # {generate: TASK, <`data` options>}, {distract: TASK, <`distract` options>}
+          character: {generate: character, n_train: 600, n_test: 100}      # or {data: DIR}
+          character-d2: {distract: character, distractors: 2}             # the fact + 2 other facts
         prepare: null                 # or `prepare` options (n_examples, steps, batch_size, lr, nc_weight)
         meta: {inner_lr: 0.1, ...}    # `meta-train` options shared by every meta-training run of the block
         experiments:                  # any of these; each may override `meta` with its own `meta:` mapping
           figure2:  {tasks: [character], objectives: [lc, lg]}
           lora:     {tasks: [character], modes: {outer: {}, inner: {inner_lr: 3.0}}, objective: lg}
           multi:    {tasks: [character], inner_ks: [1, 4, 16], meta: {batch_size: 16}, eval: {n_groups: 10}}
-          controls: {tasks: [character], objective: lg, train_n: 50}
+          controls: {tasks: [character], objective: lg, train_n: 50, base_model: true}
           transfer: {source: reversal, target: character, objective: lg}
+          cross:    {pairs: [[character, character-d2]], objective: lg}   # a model trained on one, tested on another
 
 Each step is an ordinary run directory (meta-train, multi-context, controls, transfer); a step whose run is
 complete is reused with `--resume true` (an interrupted meta-train run resumes from its checkpoint), then
@@ -33,14 +35,25 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from promptstep.commands import DataConfig, MetaTrainConfig, PrepareConfig, run_data, run_meta_train, run_prepare
+from promptstep.commands import (
+    DataConfig,
+    EvalConfig,
+    MetaTrainConfig,
+    PrepareConfig,
+    run_data,
+    run_eval,
+    run_meta_train,
+    run_prepare,
+)
 from promptstep.config import build_config, read_yaml
 from promptstep.errors import InputError
 from promptstep.experiments import (
     ControlsConfig,
+    DistractConfig,
     MultiContextConfig,
     TransferConfig,
     run_controls,
+    run_distract,
     run_multi_context,
     run_transfer,
 )
@@ -50,7 +63,8 @@ EXPERIMENT_KEYS = {
     "figure2": {"tasks", "objectives", "meta"},
     "lora": {"tasks", "modes", "objective", "meta"},
     "multi": {"tasks", "inner_ks", "objective", "meta", "eval"},
-    "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed"},
+    "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed", "base_model"},
+    "cross": {"pairs", "objective", "meta"},
     "transfer": {"source", "target", "objective", "meta", "modes", "joint_weight", "prep_examples", "prep_steps",
                  "prep_batch_size", "prep_lr", "prep_nc_weight"},
 }
@@ -58,6 +72,7 @@ MULTI_KS = [1, 4, 16]
 CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed")
 BLOCK_KEYS = {"name", "model", "tasks", "prepare", "meta", "experiments"}
 SUITE_KEYS = {"name", "runs_dir", "metric", "blocks"}
+TASK_SOURCES = ("generate", "data", "distract")
 
 
 def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict:
@@ -111,13 +126,17 @@ def load_suite(path: str | Path) -> Suite:
                 raise InputError(f"{spot}: missing '{key}'")
         tasks = {name: _mapping(spec, f"{spot}.tasks.{name}") for name, spec in entry["tasks"].items()}
         for name, spec in tasks.items():
-            if ("generate" in spec) == ("data" in spec) or ("data" in spec and len(spec) > 1):
-                raise InputError(f"{spot}.tasks.{name}: give either 'generate' (with `data` command options) or "
-                                 "only 'data'")
+            sources = [key for key in TASK_SOURCES if key in spec]
+            if len(sources) != 1 or ("data" in spec and len(spec) > 1):
+                raise InputError(f"{spot}.tasks.{name}: give one of 'generate' (with `data` command options), "
+                                 "'distract' (another task, with `distract` options) or only 'data'")
+            if "distract" in spec and spec["distract"] not in entry["tasks"]:
+                raise InputError(f"{spot}.tasks.{name}: distract names an unknown task '{spec['distract']}'")
         experiments = _mapping(entry.get("experiments"), f"{spot}.experiments", set(EXPERIMENT_KEYS))
         experiments = {k: _mapping(v, f"{spot}.experiments.{k}", EXPERIMENT_KEYS[k]) for k, v in experiments.items()}
         for kind, spec in experiments.items():
             named = list(spec.get("tasks", [])) + [spec[k] for k in ("source", "target") if k in spec]
+            named += [task for pair in spec.get("pairs", []) for task in pair]
             for task in named:
                 if task not in tasks:
                     raise InputError(f"{spot}.experiments.{kind}: unknown task '{task}' (tasks: {', '.join(tasks)})")
@@ -142,6 +161,11 @@ def data_options(spec: dict) -> dict:
     return {"task": spec["generate"], **{k: v for k, v in spec.items() if k != "generate"}}
 
 
+def distract_options(spec: dict) -> dict:
+    """The `distract` command options of a multi-fact task: {distract: TASK, distractors: 2} -> {distractors: 2}."""
+    return {k: v for k, v in spec.items() if k != "distract"}
+
+
 def check_options(suite: Suite) -> None:
     """Build every step's config with placeholder paths, so a bad option fails before anything runs."""
     for block in suite.blocks:
@@ -149,6 +173,8 @@ def check_options(suite: Suite) -> None:
             for spec in block.tasks.values():
                 if "generate" in spec:
                     build_config(DataConfig, None, data_options(spec) | {"out": "-"})
+                if "distract" in spec:
+                    build_config(DistractConfig, None, distract_options(spec) | {"data": "-", "out": "-"})
             if block.prepare is not None:
                 build_config(PrepareConfig, None, {**block.prepare, "data": "-"})
             for kind, spec in block.experiments.items():
@@ -181,11 +207,14 @@ class BlockRunner:
 
     def __init__(self, block: Block, root: Path, log: list[dict]) -> None:
         self.block, self.dir, self.log = block, root / block.name, log
+        self.seen: set[Path] = set()  # finished runs already reported
 
     def _step(self, path: Path, run) -> Path:
         """Run `run(rerun)` unless `path` holds a finished run; rerun = 'resume' | 'overwrite' | None."""
         if _done(path):
-            print(f"[reproduce] reusing {path}", flush=True)
+            if path not in self.seen:
+                print(f"[reproduce] reusing {path}", flush=True)
+                self.seen.add(path)
             return path
         rerun = None
         if path.exists():
@@ -193,6 +222,7 @@ class BlockRunner:
         print(f"[reproduce] {path}" + (f" ({rerun})" if rerun else ""), flush=True)
         started = time.time()
         run(rerun)
+        self.seen.add(path)
         self.log.append({"step": str(path), "wall_s": round(time.time() - started, 1)})
         return path
 
@@ -201,6 +231,11 @@ class BlockRunner:
         if "data" in spec:
             return str(spec["data"])
         out = self.dir / "data" / task
+        if "distract" in spec:
+            values = distract_options(spec) | {"data": self.data(spec["distract"]), "out": str(out), "overwrite": True}
+            config = build_config(DistractConfig, None, values)
+            self._step(out, lambda _: run_distract(config))
+            return str(out)
         config = build_config(DataConfig, None, data_options(spec) | {"out": str(out), "overwrite": True})
         self._step(out, lambda _: run_data(config))
         return str(out)
@@ -272,13 +307,29 @@ class BlockRunner:
         defaults = self._meta_defaults()
         extra = {k: v for k, v in spec.items() if k in CONTROLS_KEYS}
         for task in spec.get("tasks", list(self.block.tasks)):
-            model = self.meta(task, spec.get("objective", "lg"), overrides=spec.get("meta")) / "model"
-            name = f"controls-{task}"
+            models = {"": str(self.meta(task, spec.get("objective", "lg"), overrides=spec.get("meta")) / "model")}
+            if spec.get("base_model"):  # the same controls on the model meta-training starts from
+                models["base-"] = self.base(task)
+            for prefix, model in models.items():
+                name = f"controls-{prefix}{task}"
+                values = {"lrs": [defaults["lr"]], "max_new_tokens": defaults["max_new_tokens"],
+                          "limit": defaults["eval_n"], **extra, "model": model, "data": self.data(task),
+                          "base": self.base(task), "name": name, "runs_dir": str(self.dir), "overwrite": True}
+                config = build_config(ControlsConfig, None, values)
+                self._step(self.dir / name, lambda _, c=config: run_controls(c))
+
+    def cross(self, spec: dict) -> None:
+        """FT of the model meta-trained on one task, evaluated on another task's test set."""
+        defaults = self._meta_defaults()
+        objective = spec.get("objective", "lg")
+        for train_task, eval_task in spec.get("pairs", []):
+            model = self.meta(train_task, objective, overrides=spec.get("meta")) / "model"
+            name = f"cross-{objective}-{train_task}-on-{eval_task}"
             values = {"lrs": [defaults["lr"]], "max_new_tokens": defaults["max_new_tokens"],
-                      "limit": defaults["eval_n"], **extra, "model": str(model), "data": self.data(task),
-                      "base": self.base(task), "name": name, "runs_dir": str(self.dir), "overwrite": True}
-            config = build_config(ControlsConfig, None, values)
-            self._step(self.dir / name, lambda _, c=config: run_controls(c))
+                      "limit": defaults["eval_n"], "model": str(model), "data": self.data(eval_task), "name": name,
+                      "runs_dir": str(self.dir), "overwrite": True}
+            config = build_config(EvalConfig, None, values)
+            self._step(self.dir / name, lambda _, c=config: run_eval(c))
 
     def transfer(self, spec: dict) -> None:
         source, target = spec["source"], spec["target"]

@@ -65,6 +65,18 @@ def _kind(config: dict, summary: dict) -> str | None:
         return summary["kind"]
     if "objective" in config and "before" in summary and "after" in summary and "data" in config:
         return "meta-train"
+    if "settings" in config and "settings" in summary and _trained_config(str(config.get("model", ""))):
+        return "cross"  # an `eval` run of a meta-trained model
+    return None
+
+
+def _trained_config(spec: str) -> dict | None:
+    """The meta-train config of the run that produced model directory `spec`, if it is one."""
+    config_file = Path(spec).parent / "config.yaml"
+    if Path(spec).name == "model" and config_file.is_file():
+        config = read_yaml(config_file)
+        if "objective" in config:
+            return config
     return None
 
 
@@ -87,20 +99,27 @@ def find_runs(paths: Sequence[str | Path]) -> list[Run]:
             raise InputError(f"{path}: no such run directory")
         visit(path)
     if not runs:
-        raise InputError(f"no meta-train, multi-context, controls or transfer runs under {', '.join(map(str, paths))}")
+        raise InputError(f"no meta-train, multi-context, controls, transfer or cross-evaluation runs under "
+                         f"{', '.join(map(str, paths))}")
     return runs
 
 
 def model_label(spec: str) -> str:
-    """How a model spec reads in a table: 'Meta-Learn (k ctx trained, LG)' for a meta-train run's model."""
-    config_file = Path(spec).parent / "config.yaml"
-    if Path(spec).name == "model" and config_file.is_file():
-        config = read_yaml(config_file)
-        if "objective" in config:
-            lora = config.get("lora", "none")
-            extra = f", LoRA {lora}" if lora != "none" else ""
-            return f"Meta-Learn ({config.get('inner_k', 1)} ctx trained, {config['objective'].upper()}{extra})"
-    return f"Base ({spec})"
+    """How a model spec reads in a table: 'Meta-Learn (k ctx trained, LG, on TASK)' for a meta-train run's
+    model, 'Base (spec)' otherwise."""
+    config = _trained_config(spec)
+    if config is None:
+        return f"Base ({spec})"
+    lora = config.get("lora", "none")
+    extra = f", LoRA {lora}" if lora != "none" else ""
+    return (f"Meta-Learn ({config.get('inner_k', 1)} ctx trained, {config['objective'].upper()}{extra}, "
+            f"on {Path(str(config['data'])).name})")
+
+
+def _model_order(spec: str) -> tuple[int, int]:
+    """Base models first, then meta-trained ones by contexts per inner step."""
+    config = _trained_config(spec)
+    return (0, 0) if config is None else (1, int(config.get("inner_k", 1)))
 
 
 @dataclass
@@ -233,7 +252,7 @@ def table2(runs: Sequence[Run], metric: str) -> Table:
                   paper=_paper_table("table2", "model", paper.TABLE2, paper.TABLE2_COLUMNS, 2),
                   note="sequential@N = N separate steps, one per context; batched@N = one step on the mean loss of "
                        "the N contexts. The paper's columns are sequential (papers.md §1.7).")
-    for run in multi:
+    for run in sorted(multi, key=lambda r: (r.task, _model_order(str(r.config["model"])))):
         settings = run.summary["settings"]
         table.rows.append([run.task, model_label(str(run.config["model"])),
                            *(_cell(settings.get(c), metric) for c in columns)])
@@ -266,13 +285,13 @@ def table3(runs: Sequence[Run], metric: str) -> Table:
 
 def table4(runs: Sequence[Run]) -> Table:
     table = Table("table4", "Table 4: correctness of each example without / with the inner step (meta-trained "
-                  "model), % of examples", ["task", "split", "n", *paper.TABLE4_COLUMNS],
+                  "model), % of examples", ["task", "model", "split", "n", *paper.TABLE4_COLUMNS],
                   paper=_paper_table("table4", "split", paper.TABLE4, paper.TABLE4_COLUMNS, 4),
                   note="Correct = the run's breakdown_metric (default exact match) is 1. 'Correct w/o Context' = right "
                        "without the step, wrong after it.")
     for run in (r for r in runs if r.kind == "controls"):
         for split, cells in run.summary["breakdown"].items():
-            table.rows.append([run.task, split, str(cells["n"]),
+            table.rows.append([run.task, model_label(str(run.config["model"])), split, str(cells["n"]),
                                *(f"{100 * cells[k]:.1f}" for k in ("always_incorrect", "always_correct",
                                                                      "correct_without_only", "only_correct_with"))])
     return table
@@ -285,7 +304,8 @@ def table5(runs: Sequence[Run], metric: str) -> Table:
                   paper=_paper_table("table5", "dataset", paper.TABLE5, paper.TABLE5_COLUMNS, 5),
                   note=f"Leak = {LEAK[metric]}: the same metric scored against the irrelevant context's answer. The "
                        "paper reports no leak rate.")
-    for run in (r for r in runs if r.kind == "controls"):
+    controls = [r for r in runs if r.kind == "controls"]
+    for run in sorted(controls, key=lambda r: (r.task, _model_order(str(r.config["model"])))):
         scores = run.summary["eval"]
         irrelevant = scores["irrelevant"]
         table.rows.append([run.task, model_label(str(run.config["model"])), _cell(run.summary.get("base_nc"), metric),
@@ -294,9 +314,21 @@ def table5(runs: Sequence[Run], metric: str) -> Table:
     return table
 
 
+def cross_table(runs: Sequence[Run], metric: str) -> Table:
+    table = Table("cross", f"Meta-trained models on another task's test set (e.g. multi-fact contexts) — {metric} %",
+                  ["evaluated on", "model", "NC", "Prompt", "FT"],
+                  note="Compare with the Figure 2 rows of the evaluation task: a step that stores the queried fact "
+                       "keeps its FT accuracy when the context holds other facts too.")
+    for run in (r for r in runs if r.kind == "cross"):
+        settings = run.summary["settings"]
+        table.rows.append([run.task, model_label(str(run.config["model"])),
+                           *(_cell(settings.get(s), metric) for s in SETTINGS)])
+    return table
+
+
 def build_report(runs: Sequence[Run], metric: str) -> list[Table]:
     return [figure2_table(runs, metric), table1(runs, metric), table2(runs, metric), table3(runs, metric),
-            table4(runs), table5(runs, metric)]
+            table4(runs), table5(runs, metric), cross_table(runs, metric)]
 
 
 def report_markdown(tables: Sequence[Table], runs: Sequence[Run], figure: bool) -> str:
