@@ -163,11 +163,29 @@ def _meta_by_task(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return tasks
 
 
+def _candidates(runs: Sequence[Run], objective: str, lora: str = "none") -> list[Run]:
+    """The meta-train runs with this objective and LoRA mode, trained on one context per step, in path order."""
+    return [r for r in runs if r.config["objective"] == objective and r.config.get("lora", "none") == lora
+            and r.config.get("inner_k", 1) == 1]
+
+
 def _pick(runs: Sequence[Run], objective: str, lora: str = "none") -> Run | None:
-    """The last meta-train run with this objective and LoRA mode, trained on one context per step."""
-    chosen = [r for r in runs if r.config["objective"] == objective and r.config.get("lora", "none") == lora
-              and r.config.get("inner_k", 1) == 1]
-    return chosen[-1] if chosen else None
+    """The first of the candidate runs (a suite's meta-OBJ-TASK sorts before its multi-k1-TASK)."""
+    chosen = _candidates(runs, objective, lora)
+    return chosen[0] if chosen else None
+
+
+def choice_notes(runs: Sequence[Run]) -> list[str]:
+    """One line for every table slot that several runs could fill: which one the tables use."""
+    notes = []
+    for task, task_runs in _meta_by_task(runs).items():
+        for objective in ("lc", "lg"):
+            for lora in ("none", "outer", "inner"):
+                chosen = _candidates(task_runs, objective, lora)
+                if len(chosen) > 1:
+                    notes.append(f"{task}, {objective.upper()}, lora {lora}: used `{chosen[0].path}` "
+                                 f"(also found: {', '.join(f'`{r.path.name}`' for r in chosen[1:])})")
+    return notes
 
 
 def figure2_groups(runs: Sequence[Run]) -> dict[str, dict[str, dict]]:
@@ -334,6 +352,10 @@ def build_report(runs: Sequence[Run], metric: str) -> list[Table]:
 def report_markdown(tables: Sequence[Table], runs: Sequence[Run], figure: bool) -> str:
     parts = ["# promptstep report", "", f"Runs: {len(runs)} ({', '.join(sorted({r.kind for r in runs}))}). "
              "Our numbers: mean ± standard error. The paper does not define its accuracy (papers.md §1.10).", ""]
+    notes = choice_notes(runs)
+    if notes:
+        parts += ["Several runs fit one slot of Figure 2 / Table 1; the tables use the first in path order:", ""]
+        parts += [f"* {note}" for note in notes] + [""]
     if figure:
         parts += ["![Figure 2](figure2.png)", ""]
     for table in tables:
