@@ -7,7 +7,9 @@ import pytest
 from promptstep.cli import COMMANDS
 from promptstep.config import build_config
 
-PRESETS = {"eval.yaml": "eval", "meta-tiny.yaml": "meta-train", "meta-smollm2.yaml": "meta-train", "demo.yaml": "demo"}
+PRESETS = {"eval.yaml": "eval", "meta-tiny.yaml": "meta-train", "meta-smollm2.yaml": "meta-train", "demo.yaml": "demo",
+           "meta-gpu-1b.yaml": "meta-train", "analyze-mr.yaml": "analyze", "analyze-mr-order.yaml": "analyze",
+           "analyze-character.yaml": "analyze"}
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
+from promptstep.evaluate import cut_at_answer_end
 from promptstep.formats import Format, encode_pair, fit_lengths
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, normalize_answer, starts_with_answer
 
@@ -70,6 +71,16 @@ def test_em_f1_and_starts_by_hand():
     assert starts_with_answer("Evan Armstrong. She later", ["Evan Armstrong"]) == 1.0
     assert starts_with_answer("Evan Armstrongson", ["Evan Armstrong"]) == 0.0
     assert first_line(" Evan Armstrong\nThe next") == "Evan Armstrong"
+    assert first_line("\n\n Evan Armstrong\nThe next") == "Evan Armstrong"  # leading blank lines skipped
+
+
+def test_generation_ends_at_the_newline_after_the_answer():
+    newline, blank, eos = {10, 11}, {10, 20}, {99}  # 10 = "\n", 11 = "x\n", 20 = " "
+    assert cut_at_answer_end([10, 20, 5, 6, 10, 7], newline, blank, eos) == [10, 20, 5, 6, 10]
+    assert cut_at_answer_end([5, 11, 7], newline, blank, eos) == [5, 11]
+    assert cut_at_answer_end([11, 7], newline, blank, eos) == [11]  # text before its own newline ends it
+    assert cut_at_answer_end([10, 10, 99, 5], newline, blank, eos) == [10, 10, 99]
+    assert cut_at_answer_end([5, 6], newline, blank, eos) == [5, 6]
 
 
 def test_mean_and_standard_error_by_hand():

@@ -1,4 +1,5 @@
-"""meta-train and prepare through the CLI on a microscopic model: outputs, refusal, resume, bad input."""
+"""meta-train and prepare through the CLI on a microscopic model: outputs, refusal, resume (bad input:
+test_bad_inputs.py)."""
 
 import json
 
@@ -51,34 +52,6 @@ def test_killed_and_resumed_run_matches_uninterrupted(dataset, saved_gpt2_256, t
     assert set(full) == set(resumed)
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
-
-
-def test_resume_refuses_a_changed_config(dataset, saved_gpt2_256, tmp_path, capsys):
-    assert main(_meta(dataset, saved_gpt2_256, tmp_path, "--name", "r", "--max-steps", "2")) == 0
-    capsys.readouterr()
-    code = main(_meta(dataset, saved_gpt2_256, tmp_path, "--name", "r", "--max-steps", "2", "--outer-lr", "1",
-                      "--resume", "true"))
-    assert code == 2 and "'outer_lr' was" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--objective", "kl"], "unknown objective 'kl'"),
-        (["--batch-size", "100"], "batch_size 100 is larger than the 8 training triplets"),
-        (["--outer-lr", "0"], "'outer_lr' must be positive"),
-        (["--inner-lr", "-1"], "'inner_lr' must be >= 0"),
-        (["--lm-source", "web"], "unknown lm_source 'web'"),
-        (["--resume", "true"], "nothing to resume"),
-        (["--max-steps", "0"], "'max_steps' must be positive"),
-    ],
-)
-def test_meta_train_bad_input(dataset, saved_gpt2_256, tmp_path, capsys, extra, message):
-    capsys.readouterr()
-    code = main(_meta(dataset, saved_gpt2_256, tmp_path, "--name", "bad", *extra))
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "bad").exists()
 
 
 def test_prepare_saves_a_loadable_model_and_its_subset(dataset, saved_gpt2_256, tmp_path):

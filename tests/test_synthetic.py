@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from promptstep.data.names import is_test_name, name_pool_size, random_name, sample_name
+from promptstep.data.names import is_test_key, name_pool_size, random_name, sample_name
 from promptstep.data.synthetic import (
     FAMILIES,
     TASKS,
@@ -56,8 +56,8 @@ def test_names_are_unique_and_split_by_hash(generated):
     train, test, _ = generated
     names = [t.answer for t in train + test]
     assert len(set(names)) == len(names)
-    assert all(is_test_name(t.answer) for t in test)
-    assert not any(is_test_name(t.answer) for t in train)
+    assert all(is_test_key(t.answer) for t in test)
+    assert not any(is_test_key(t.answer) for t in train)
 
 
 def test_context_order_and_answer(generated):
@@ -105,11 +105,11 @@ def test_name_generator():
     assert name_pool_size() > 500_000
     assert len({random_name(rng) for _ in range(5000)}) > 4900
     assert all(len(random_name(rng).split()) == 2 for _ in range(100))
-    assert is_test_name("Evan Marlowe") == is_test_name("Evan Marlowe")
-    share = sum(is_test_name(random_name(rng)) for _ in range(5000)) / 5000
+    assert is_test_key("Evan Marlowe") == is_test_key("Evan Marlowe")
+    share = sum(is_test_key(random_name(rng)) for _ in range(5000)) / 5000
     assert 0.07 < share < 0.13
-    assert is_test_name(sample_name(rng, "test"))
-    assert not is_test_name(sample_name(rng, "train"))
+    assert is_test_key(sample_name(rng, "test"))
+    assert not is_test_key(sample_name(rng, "train"))
     with pytest.raises(InputError):
         sample_name(rng, "validation")
 

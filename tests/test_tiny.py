@@ -11,7 +11,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import promptstep.tiny as tiny
-from promptstep.data.names import is_test_name
+from promptstep.data.names import is_test_key
 from promptstep.data.synthetic import generate
 from promptstep.errors import InputError
 from promptstep.tiny import (
@@ -80,7 +80,7 @@ def test_pretraining_text_never_contains_a_test_name(monkeypatch):
     rng = random.Random(11)
     text = "".join(pretraining_episode(rng).text for _ in range(2000))
     assert len(drawn) > 2000
-    assert all(split == "train" and not is_test_name(name) for split, name in drawn)
+    assert all(split == "train" and not is_test_key(name) for split, name in drawn)
     test_names = {t.answer for task in ("character", "reversal") for t in generate(task, seed=0)[1]}
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(test_names))) + r")\b")
     assert pattern.search(text) is None

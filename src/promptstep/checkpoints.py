@@ -1,5 +1,10 @@
 """Training checkpoints in safetensors only: weights, optimizer state, RNG and progress, written atomically
-and verified by checksum on load."""
+and verified by checksum on load.
+
+A checkpoint is a directory. It is written whole into a hidden staging directory (files fsynced), then swapped
+in by two renames: current -> `.NAME.old`, staging -> NAME. A process killed at any point leaves either the old
+or the new checkpoint; `recover` undoes a swap that was cut between the two renames.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,31 @@ from promptstep.errors import InputError
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def pickled_files(path: Path) -> list[str]:
+    """Names of the files in directory `path` that hold pickles (which can run code when loaded)."""
+    return sorted(p.name for p in path.glob("*") if p.suffix in PICKLE_SUFFIXES)
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def recover(path: Path) -> bool:
+    """Whether a checkpoint directory exists at `path`, after restoring the previous one if a swap was cut short."""
+    if not path.exists() and _old(path).is_dir():
+        os.replace(_old(path), path)
+    return path.is_dir()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
@@ -57,6 +88,9 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optimizer: tor
                     progress: dict[str, Any]) -> None:
     """Write weights, optimizer and progress (with the torch RNG state) to `path`, replacing it atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
+    for stale in path.parent.glob(f".{path.name}.partial-*"):  # left by a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(staging / WEIGHTS))
@@ -69,10 +103,15 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optimizer: tor
             "sha256": {name: _sha256(staging / name) for name in (WEIGHTS, OPTIMIZER)},
         }
         (staging / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-        old = path.with_name(f".{path.name}.old")
+        for name in (WEIGHTS, OPTIMIZER, STATE):
+            _fsync(staging / name)
+        old = _old(path)
+        if old.exists():
+            shutil.rmtree(old)
         if path.exists():
             os.replace(path, old)
         os.replace(staging, path)
+        _fsync(path.parent)
         if old.exists():
             shutil.rmtree(old)
     finally:
@@ -80,23 +119,38 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optimizer: tor
             shutil.rmtree(staging)
 
 
-def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer | None = None
+def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer | None = None,
+                    check: Callable[[dict[str, torch.Tensor]], None] | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Verify checksums, restore the optimizer and RNG state, and return (weights, progress)."""
+    """Verify checksums, restore the optimizer and RNG state, and return (weights, progress).
+
+    `check(weights)` may raise (e.g. InputError for another model's checkpoint) before any state is touched.
+    """
+    recover(path)
     state_file = path / STATE
     if not state_file.is_file():
-        pickles = sorted(p.name for p in path.glob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl"))
+        pickles = pickled_files(path)
         if pickles:
             raise InputError(f"{path}: refusing pickled checkpoint {pickles[0]} (it can run code on load); "
                              "promptstep reads safetensors only")
         raise InputError(f"{path}: not a promptstep checkpoint (no {STATE})")
-    state = json.loads(state_file.read_text(encoding="utf-8"))
-    for name, expected in state["sha256"].items():
-        if _sha256(path / name) != expected:
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        checksums, progress, opt_meta = state["sha256"], state["progress"], state["optimizer"]
+        if not isinstance(checksums, dict):
+            raise TypeError("'sha256' is not a mapping")
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{state_file}: unreadable checkpoint state ({type(err).__name__}: {err})") from None
+    for name in (WEIGHTS, OPTIMIZER):
+        if not (path / name).is_file():
+            raise InputError(f"{path / name}: missing, the checkpoint is incomplete")
+        if _sha256(path / name) != checksums.get(name):
             raise InputError(f"{path / name}: checksum mismatch, the checkpoint is corrupt")
     weights = load_file(str(path / WEIGHTS))
+    if check is not None:
+        check(weights)
     opt_tensors = load_file(str(path / OPTIMIZER))
     torch.set_rng_state(opt_tensors.pop("__rng__"))
     if optimizer is not None:
-        _restore_optimizer(optimizer, opt_tensors, state["optimizer"])
-    return weights, state["progress"]
+        _restore_optimizer(optimizer, opt_tensors, opt_meta)
+    return weights, progress

@@ -7,7 +7,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
+import torch
+
 from promptstep import commands, experiments, suite, tables
+from promptstep.analysis import AnalyzeConfig, run_analyze
 from promptstep.config import build_config
 from promptstep.errors import InputError
 
@@ -28,6 +31,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command(commands.PrepareConfig, commands.run_prepare, "format fine-tuning on a saved subset"),
     "meta-train": Command(commands.MetaTrainConfig, commands.run_meta_train, "meta-train the inner step"),
     "pretrain-tiny": Command(commands.PretrainTinyConfig, commands.run_pretrain_tiny, "pretrain the tiny model"),
+    "analyze": Command(AnalyzeConfig, run_analyze, "ICL vs GD instruments"),
     "multi-context": Command(experiments.MultiContextConfig, experiments.run_multi_context, "accuracy after N updates"),
     "controls": Command(experiments.ControlsConfig, experiments.run_controls, "irrelevant context, 2x2 breakdown"),
     "distract": Command(experiments.DistractConfig, experiments.run_distract, "multi-fact contexts with distractors"),
@@ -37,17 +41,17 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def _parse_overrides(tokens: list[str], command: str) -> dict[str, str]:
+def _parse_overrides(tokens: list[str]) -> dict[str, str]:
     overrides: dict[str, str] = {}
     i = 0
     while i < len(tokens):
         token = tokens[i]
         if not token.startswith("--") or len(token) == 2:
-            raise InputError(f"{command}: unexpected argument '{token}' (options are --key value)")
+            raise InputError(f"unexpected argument '{token}' (options are --key value)")
         key, eq, value = token[2:].partition("=")
         if not eq:
             if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
-                raise InputError(f"{command}: option --{key} needs a value")
+                raise InputError(f"option --{key} needs a value")
             value = tokens[i + 1]
             i += 1
         overrides[key] = value
@@ -55,23 +59,48 @@ def _parse_overrides(tokens: list[str], command: str) -> dict[str, str]:
     return overrides
 
 
+class _UsageError(Exception):
+    """A command line argparse could not parse; `str()` is the whole error line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other input error, instead of usage + error
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptstep", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="promptstep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
         keys = ", ".join(f.name.replace("_", "-") for f in fields(command.config))
         p = sub.add_parser(name, help=command.help, description=f"{command.help}. Options: {keys}.")
         if command.positional:
             p.add_argument(command.positional, nargs="*" if command.many else "?")
         p.add_argument("--config", help="YAML preset; --key value options override it")
+        p.add_argument("--threads", help="CPU threads for torch (default: all cores; split among --num-processes)")
     return parser
 
 
+def _set_threads(value: str | None) -> None:
+    """torch's CPU thread count for this command (restored afterwards, for in-process callers)."""
+    if value is None:
+        return
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"--threads must be a positive integer, got {value!r}")
+    torch.set_num_threads(int(value))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args, rest = _parser().parse_known_args(argv)
-    command = COMMANDS[args.command]
     try:
-        overrides = _parse_overrides(rest, args.command)
+        args, rest = _parser().parse_known_args(argv)
+    except _UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
+    command = COMMANDS[args.command]
+    threads = torch.get_num_threads()
+    try:
+        _set_threads(args.threads)
+        overrides = _parse_overrides(rest)
         if command.positional and getattr(args, command.positional):
             overrides[command.positional] = getattr(args, command.positional)
         config = build_config(command.config, args.config, overrides)
@@ -85,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"promptstep {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from promptstep.config import config_dict
 from promptstep.data.triplets import Triplet, load_triplets, write_triplets
+from promptstep.distributed import resolve_device
 from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.formats import SETTINGS, Format, fit_lengths
@@ -29,29 +30,89 @@ def _positive(name: str, value: float) -> None:
 
 @dataclass
 class DataConfig:
-    """`promptstep data TASK --out DIR`: build a triplet dataset (train.jsonl, test.jsonl, meta.json)."""
+    """`promptstep data TASK --out DIR`: build a triplet dataset (train.jsonl, test.jsonl, meta.json, config.yaml)."""
 
     task: str = "character"
     out: str = ""
-    n_train: int = 5000
-    n_test: int = 500
+    n_train: int | None = None
+    n_test: int | None = None
     seed: int = 0
+    source: str | None = None
+    variant: str = "wikitext-103-raw-v1"
+    query_words: int = 1
+    answer_words: int = 5
+    min_context_words: int = 20
+    max_context_words: int = 150
+    min_paragraph_words: int = 30
+    max_passage_words: int | None = None
     overwrite: bool = False
 
     def validate(self) -> None:
         if not self.out:
             raise InputError("data needs --out DIR")
-        _positive("n_train", self.n_train)
-        _positive("n_test", self.n_test)
+        for key in ("n_train", "n_test", "max_passage_words"):
+            if getattr(self, key) is not None:
+                _positive(key, getattr(self, key))
+        _positive("min_paragraph_words", self.min_paragraph_words)
+        self.spans().validate()
+
+    def spans(self):
+        from promptstep.data.prose import SpanOptions
+
+        return SpanOptions(self.query_words, self.answer_words, self.min_context_words, self.max_context_words)
+
+
+SYNTHETIC_SIZES = {"train": 5000, "test": 500}
+REAL_TASKS = ("squad", "wikitext", "wiki-offline")
+
+
+def _real_split(config: DataConfig, split: str) -> tuple[list[Triplet], dict]:
+    """One split of a real-text task, sampled down to n_train / n_test, and how many records were kept/dropped."""
+    from promptstep.data.prose import prose_triplets, sample
+
+    if config.task == "squad":
+        from promptstep.data.squad import squad_rows, squad_triplets
+
+        triplets, dropped = squad_triplets(squad_rows(config.source or "rajpurkar/squad", split),
+                                           max_context_words=config.max_passage_words)
+    else:
+        if config.task == "wikitext":
+            from promptstep.data.wikitext import DEFAULT_HUB, load_wikitext
+
+            paragraphs = load_wikitext(config.source or DEFAULT_HUB, split, config.variant)
+        else:
+            from promptstep.data.wiki_offline import wiki_offline_paragraphs
+
+            paragraphs = wiki_offline_paragraphs(split, config.min_paragraph_words,
+                                                 Path(config.source) if config.source else None)
+        triplets, dropped = prose_triplets(paragraphs, config.spans(), config.seed)
+    if not triplets:
+        raise InputError(f"{config.task} {split}: preprocessing kept no records ({dict(dropped)})")
+    limit = config.n_train if split == "train" else config.n_test
+    kept = sample(triplets, limit, config.seed)
+    return kept, {"records": len(triplets) + sum(dropped.values()), "usable": len(triplets), "kept": len(kept),
+                  "dropped": dict(dropped)}
 
 
 def run_data(config: DataConfig) -> Path:
     from promptstep.data.synthetic import TASKS, generate
+    from promptstep.runs import check_run_dir
 
-    if config.task not in TASKS:
-        raise InputError(f"unknown data task '{config.task}' (choose from {', '.join(TASKS)})")
-    train, test, meta = generate(config.task, config.n_train, config.n_test, config.seed)
     out = Path(config.out)
+    check_run_dir(out, config.overwrite)
+    if config.task in TASKS:
+        train, test, meta = generate(config.task, config.n_train or SYNTHETIC_SIZES["train"],
+                                     config.n_test or SYNTHETIC_SIZES["test"], config.seed)
+    elif config.task in REAL_TASKS:
+        (train, train_stats), (test, test_stats) = (_real_split(config, s) for s in ("train", "test"))
+        meta = {"task": config.task, "source": config.source, "seed": config.seed, "train": train_stats,
+                "test": test_stats}
+        for split, stats in (("train", train_stats), ("test", test_stats)):
+            reasons = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items()) or "none"
+            print(f"{split}: {stats['records']} records, {stats['usable']} usable (dropped: {reasons}), "
+                  f"kept {stats['kept']}")
+    else:
+        raise InputError(f"unknown data task '{config.task}' (choose from {', '.join((*TASKS, *REAL_TASKS))})")
     with staged_dir(out, config.overwrite) as staging:
         write_triplets(staging / "train.jsonl", train)
         write_triplets(staging / "test.jsonl", test)
@@ -81,6 +142,8 @@ class EvalConfig:
     separator: str = " "
     truncate: bool = False
     attn: str = "eager"
+    device: str = "auto"
+    trust_remote_code: bool = False
     name: str | None = None
     runs_dir: str = "runs"
     overwrite: bool = False
@@ -101,6 +164,7 @@ class EvalConfig:
             _positive(key, getattr(self, key))
         if self.limit is not None:
             _positive("limit", self.limit)
+        resolve_device(self.device)
 
     def options(self) -> EvalOptions:
         return EvalOptions(
@@ -112,6 +176,12 @@ class EvalConfig:
             batch_size=self.batch_size,
             fmt=Format(separator=self.separator),
         )
+
+
+def _load(config: EvalConfig | PrepareConfig):
+    """The config's model and tokenizer on its device."""
+    return load_model(config.model, attn_implementation=config.attn, device=resolve_device(config.device),
+                      trust_remote_code=config.trust_remote_code)
 
 
 def dataset_file(data: str, split: str) -> Path:
@@ -131,7 +201,7 @@ def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     out = Path(config.runs_dir) / name
     triplets = load_split(config.data, config.split, config.limit)
     with staged_dir(out, config.overwrite) as staging:
-        model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+        model, tokenizer = model_and_tokenizer or _load(config)
         options = config.options()
         source = str(dataset_file(config.data, config.split))
         triplets = fit_lengths(triplets, tokenizer, max_length(model, tokenizer), options.fmt, config.truncate,
@@ -160,6 +230,8 @@ class PrepareConfig(PrepareOptions):
     data: str = ""
     split: str = "train"
     attn: str = "eager"
+    device: str = "auto"
+    trust_remote_code: bool = False
     name: str = "prepared"
     runs_dir: str = "runs"
     overwrite: bool = False
@@ -168,6 +240,7 @@ class PrepareConfig(PrepareOptions):
         if not self.data:
             raise InputError("prepare needs --data (a dataset directory or a .jsonl file)")
         super().validate()
+        resolve_device(self.device)
 
 
 def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
@@ -175,7 +248,7 @@ def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
     triplets = load_split(config.data, config.split, None)
     subset = choose_subset(triplets, config.n_examples, config.seed)
     with staged_dir(out, config.overwrite) as staging:
-        model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+        model, tokenizer = model_and_tokenizer or _load(config)
         fit_lengths(subset, tokenizer, max_length(model, tokenizer), Format(), False,
                     str(dataset_file(config.data, config.split)))
         write_yaml(staging / "config.yaml", config_dict(config))
@@ -218,13 +291,19 @@ class MetaTrainConfig(MetaOptions):
     resume: bool = False
     overwrite: bool = False
     before_from: str | None = None
+    device: str = "auto"
+    num_processes: int = 1
+    trust_remote_code: bool = False
 
     def validate(self) -> None:
         if not self.data:
             raise InputError("meta-train needs --data (a dataset directory)")
         super().validate()
-        for key in ("eval_n", "epochs"):
+        for key in ("eval_n", "epochs", "num_processes"):
             _positive(key, getattr(self, key))
+        if self.batch_size < self.num_processes:
+            raise InputError(f"batch_size {self.batch_size} is smaller than num_processes {self.num_processes}")
+        resolve_device(self.device, several=self.num_processes > 1)
         for key in ("train_limit", "max_steps"):
             if getattr(self, key) is not None:
                 _positive(key, getattr(self, key))
@@ -232,8 +311,10 @@ class MetaTrainConfig(MetaOptions):
             raise InputError("choose one of --resume and --overwrite")
 
 
-_RESTART_KEYS = ("resume", "overwrite")
-_SAME_EVAL_KEYS = ("model", "data", "eval_split", "eval_n", "max_new_tokens", "attn")
+_RESTART_KEYS = ("resume", "overwrite", "num_processes", "device")
+# Everything the before-evaluation depends on, FT's inner step included.
+_SAME_EVAL_KEYS = ("model", "data", "eval_split", "eval_n", "max_new_tokens", "attn", "inner_lr", "inner_steps",
+                   "inner_params", "inner_rule")
 
 
 def _reused_before(config: MetaTrainConfig) -> dict:
@@ -251,24 +332,27 @@ def _reused_before(config: MetaTrainConfig) -> dict:
     return json.loads((other / "before.json").read_text())
 
 
-def _open_meta_run(config: MetaTrainConfig) -> Path:
-    """Create, reuse (--resume) or replace (--overwrite) the run directory; refuse anything else."""
+def _open_meta_run(config: MetaTrainConfig, needed_bytes: int) -> Path:
+    """Create, reuse (--resume) or replace (--overwrite) the run directory; refuse anything else, writing nothing."""
     import shutil
 
+    from promptstep.checkpoints import recover
     from promptstep.config import read_yaml
-    from promptstep.runs import check_run_dir
+    from promptstep.runs import check_run_dir, require_free_space
 
     out = Path(config.runs_dir) / config.name
     if config.resume:
-        if not (out / "checkpoint").is_dir():
+        if not recover(out / "checkpoint"):
             raise InputError(f"nothing to resume: {out} has no checkpoint")
         saved = read_yaml(out / "config.yaml")
         current = config_dict(config)
         for key, value in current.items():
             if key not in _RESTART_KEYS and saved.get(key) != value:
                 raise InputError(f"--resume with a different config: '{key}' was {saved.get(key)!r}, now {value!r}")
+        require_free_space(out, needed_bytes)
         return out
     check_run_dir(out, config.overwrite)
+    require_free_space(out, needed_bytes)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -277,37 +361,68 @@ def _open_meta_run(config: MetaTrainConfig) -> Path:
 
 
 def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
-    """Meta-train with evaluation before and after; writes logs, checkpoints, the final model and a plot."""
+    """Meta-train with evaluation before and after; writes logs, checkpoints, the final model and a plot.
+
+    `num_processes` > 1 spawns that many local processes (unless a launcher such as `accelerate launch` already
+    started several); each runs this function, only rank 0 writes.
+    """
+    from promptstep import distributed
+
+    if config.num_processes > 1 and not distributed.launched():
+        distributed.spawn(run_meta_train, config, config.num_processes, (InputError, TrainingStopped))
+        out = Path(config.runs_dir) / config.name
+        return out, json.loads((out / "summary.json").read_text())
+    with distributed.processes(config.device) as procs:
+        return _meta_train(config, procs, model_and_tokenizer)
+
+
+def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer) -> tuple[Path, dict]:
     from promptstep.lora import build_trainer
     from promptstep.meta import batches_for, eval_summary, run_training
     from promptstep.models import check_second_order
+    from promptstep.precision import check_precision, meta_step_context
+    from promptstep.runs import trim_log
 
     train = load_split(config.data, config.train_split, config.train_limit)
     eval_set = load_split(config.data, config.eval_split, config.eval_n)
-    model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+    model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn,
+                                                         device=procs.device,
+                                                         trust_remote_code=config.trust_remote_code)
     limit = max_length(model, tokenizer)
     for split, triplets in ((config.train_split, train), (config.eval_split, eval_set)):
         fit_lengths(triplets, tokenizer, limit, Format(), False, str(dataset_file(config.data, split)))
     if len(train) < config.batch_size:
         raise InputError(f"batch_size {config.batch_size} is larger than the {len(train)} training triplets")
+    check_precision(config.precision, procs.device)
     if not config.first_order:
-        check_second_order(model)
+        with meta_step_context(model, config.precision):
+            check_second_order(model)
     reused_before = _reused_before(config) if config.before_from and not config.resume else None
-    out = _open_meta_run(config)
-    trainer = build_trainer(model, tokenizer, config)  # LC: the teacher is a frozen copy of `model` now
-    examples = trainer.build_examples(train)
-    batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
+    out = Path(config.runs_dir) / config.name
+    procs.on_main(lambda: _open_meta_run(config, _disk_bytes_needed(model, config)))
+    trainer = build_trainer(model, tokenizer, config, processes=procs)  # LC: the teacher is a frozen copy now
     if config.resume:
         trainer.restore(out / "checkpoint")
+        for log in ("train_log.jsonl", "eval_log.jsonl"):
+            procs.on_main(lambda log=log: trim_log(out / log, trainer.step_count))
+    examples = procs.main_first(lambda: trainer.build_examples(train, progress=procs.is_main))
+    batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
+    if config.resume:
         before = json.loads((out / "before.json").read_text())
-        print(f"resuming {out} at step {trainer.step_count} of {len(batches)}", flush=True)
+        if procs.is_main:
+            print(f"resuming {out} at step {trainer.step_count} of {len(batches)}", flush=True)
     else:
-        before = reused_before or eval_summary(trainer, eval_set, progress=True)["summary"]
-        write_json(out / "before.json", before)
-    result = run_training(trainer, batches, out=out, eval_set=eval_set, eval_every=config.eval_every,
-                          checkpoint_every=config.checkpoint_every)
+        before = procs.on_main(lambda: reused_before or eval_summary(trainer, eval_set, progress=True)["summary"])
+        if procs.is_main:
+            write_json(out / "before.json", before)
+    main = procs.is_main
+    result = run_training(trainer, batches, out=out if main else None, eval_set=eval_set if main else [],
+                          eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main)
     if result["stopped"]:
-        raise TrainingStopped(f"stopped: {result['stopped']}; last good checkpoint in {out / 'checkpoint'}")
+        kept = f"last good checkpoint in {out / 'checkpoint'}" if (out / "checkpoint").is_dir() else "no checkpoint"
+        raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
+    if not main:
+        return out, {}
     after_eval = eval_summary(trainer, eval_set, progress=True)
     after = after_eval["summary"]
     write_jsonl(out / "records.jsonl", after_eval["records"])
@@ -323,6 +438,13 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
     print(markdown_table({"before": before, "after": after}))
     print(f"results in {out}; meta-trained model in {saved}")
     return out, summary
+
+
+def _disk_bytes_needed(model, config: MetaTrainConfig) -> int:
+    """Disk a meta-train run needs: the final model, plus two checkpoints (weights and Adam's two moments) while
+    one replaces the other."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights * (1 + (6 if config.checkpoint_every else 0))
 
 
 # ---------------------------------------------------------------- pretrain-tiny

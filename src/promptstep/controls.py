@@ -71,7 +71,8 @@ def evaluate_irrelevant(model, tokenizer, triplets: Sequence[Triplet], options: 
     pairs = list(zip(triplets, irrelevant_partners(triplets, seed)))
     for triplet, other in tqdm(pairs, desc="eval irrelevant", disable=not progress, unit="ex"):
         adapted = inner_step(model, params, context_batch(tokenizer, other, options.fmt, device),
-                             lr=options.lrs[0], steps=options.steps, differentiable=False)
+                             lr=options.lrs[0], steps=options.steps, differentiable=False,
+                             gradients=options.gradients)
         with swapped_parameters(model, adapted):
             (record,) = evaluate_prompted(model, tokenizer, [triplet], "nc", options, progress=False)
             leaked = encode_pair(tokenizer, options.fmt.prefix(triplet, "nc"), other.answer, options.fmt.answer_prefix)

@@ -12,14 +12,14 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, starts_with_answer
-from promptstep.updates import inner_step, select_parameters, swapped_parameters
+from promptstep.updates import GradientFn, context_gradients, inner_step, select_parameters, swapped_parameters
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What to evaluate: settings, the FT step (one or more learning rates), decoding and batching."""
+    """What to evaluate: settings, the FT step (learning rates, rule), decoding and batching."""
 
     settings: tuple[str, ...] = ("nc", "prompt", "ft")
     lrs: tuple[float, ...] = (1e-3,)
@@ -28,6 +28,7 @@ class EvalOptions:
     max_new_tokens: int = 16
     batch_size: int = 16
     fmt: Format = field(default_factory=Format)
+    gradients: GradientFn = context_gradients
 
     def ft_label(self, lr: float) -> str:
         """Setting name of FT at `lr`: plain 'ft' when only one learning rate is evaluated."""
@@ -51,29 +52,53 @@ def score_answers(model, encoded: Sequence[Encoded], pad_id: int) -> list[tuple[
     return results
 
 
-class StopAtNewline(StoppingCriteria):
-    """Stops each sequence once its last generated token contains a newline."""
+class StopAfterAnswerLine(StoppingCriteria):
+    """Stops each sequence at its first newline that follows non-blank generated text."""
 
     def __init__(self, tokenizer) -> None:
-        self.stop_ids = newline_token_ids(tokenizer)
+        self.newline_ids, self.blank_ids = special_token_sets(tokenizer)
+        self.started: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        return torch.isin(input_ids[:, -1], self.stop_ids.to(input_ids.device))
+        last = input_ids[:, -1]
+        if self.started is None:
+            self.started = torch.zeros_like(last, dtype=torch.bool)
+        blank = torch.isin(last, self.blank_ids.to(last.device))
+        done = torch.isin(last, self.newline_ids.to(last.device)) & (self.started | ~blank)
+        self.started = self.started | ~blank
+        return done
 
 
-def newline_token_ids(tokenizer) -> torch.Tensor:
-    """Ids of every vocabulary token whose text contains a newline (computed once per tokenizer)."""
-    cached = getattr(tokenizer, "_promptstep_newline_ids", None)
+def special_token_sets(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of the tokens whose text contains a newline, and of those whose text is only whitespace (cached)."""
+    cached = getattr(tokenizer, "_promptstep_token_sets", None)
     if cached is None:
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        cached = torch.tensor([i for i, text in enumerate(texts) if "\n" in text], dtype=torch.long)
-        tokenizer._promptstep_newline_ids = cached
+        cached = (torch.tensor([i for i, text in enumerate(texts) if "\n" in text], dtype=torch.long),
+                  torch.tensor([i for i, text in enumerate(texts) if not text.strip()], dtype=torch.long))
+        tokenizer._promptstep_token_sets = cached
     return cached
+
+
+def cut_at_answer_end(ids: Sequence[int], newline_ids: set[int], blank_ids: set[int], eos_ids: set[int]
+                      ) -> list[int]:
+    """`ids` up to and including EOS or the first newline token after non-blank text (the generation's end)."""
+    out: list[int] = []
+    started = False
+    for token in ids:
+        out.append(token)
+        if token in eos_ids or (token in newline_ids and (started or token not in blank_ids)):
+            break
+        started = started or token not in blank_ids
+    return out
 
 
 @torch.no_grad()
 def greedy_continuations(model, tokenizer, prefixes: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy continuation ids of each prefix, up to and including the first newline or EOS token."""
+    """Greedy continuation ids of each prefix, up to and including EOS or the newline that ends the answer.
+
+    Newlines before any text are kept and do not end the answer (raw chat models often start with one).
+    """
     batch = pad_batch(list(prefixes), tokenizer.pad_token_id, left=True)
     device = next(model.parameters()).device
     out = model.generate(
@@ -82,20 +107,13 @@ def greedy_continuations(model, tokenizer, prefixes: Sequence[list[int]], max_ne
         do_sample=False,
         use_cache=True,
         pad_token_id=tokenizer.pad_token_id,
-        stopping_criteria=StoppingCriteriaList([StopAtNewline(tokenizer)]),
+        stopping_criteria=StoppingCriteriaList([StopAfterAnswerLine(tokenizer)]),
     )
-    stops = set(newline_token_ids(tokenizer).tolist())
+    newline_ids, blank_ids = (set(ids.tolist()) for ids in special_token_sets(tokenizer))
     eos = tokenizer.eos_token_id
-    stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    continuations = []
-    for row in out[:, batch["input_ids"].shape[1] :].tolist():
-        ids: list[int] = []
-        for token in row:
-            ids.append(token)
-            if token in stops:
-                break
-        continuations.append(ids)
-    return continuations
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return [cut_at_answer_end(row, newline_ids, blank_ids, eos_ids)
+            for row in out[:, batch["input_ids"].shape[1] :].tolist()]
 
 
 def generate_answers(model, tokenizer, prefixes: Sequence[list[int]], max_new_tokens: int) -> list[str]:
@@ -158,7 +176,8 @@ def evaluate_finetuned(model, tokenizer, triplets: Sequence[Triplet], options: E
     for triplet in tqdm(triplets, desc="eval ft", disable=not progress, unit="ex"):
         batch = context_batch(tokenizer, triplet, options.fmt, device)
         for lr in options.lrs:
-            adapted = inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False)
+            adapted = inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False,
+                                 gradients=options.gradients)
             with swapped_parameters(model, adapted):
                 (record,) = _answer_with_current_weights(model, tokenizer, [triplet], "ft", options)
             record["setting"] = options.ft_label(lr)

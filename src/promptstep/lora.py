@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from promptstep.errors import InputError
 from promptstep.meta import MetaOptions, MetaTrainer
+from promptstep.precision import compute_dtype
 from promptstep.updates import select_parameters
 
 DEFAULT_RANK = {"inner": 8, "outer": 1}
@@ -57,9 +58,9 @@ def wrap_lora(model: torch.nn.Module, options: MetaOptions) -> PeftModel:
 class OuterLoraTrainer(MetaTrainer):
     """Meta-trains a rank-r LoRA update of the weights; the inner step is full rank on the merged weights."""
 
-    def __init__(self, model: PeftModel, tokenizer, options: MetaOptions, teacher: torch.nn.Module | None = None
-                 ) -> None:
-        super().__init__(model, tokenizer, options, teacher=teacher)
+    def __init__(self, model: PeftModel, tokenizer, options: MetaOptions, teacher: torch.nn.Module | None = None,
+                 processes=None) -> None:
+        super().__init__(model, tokenizer, options, teacher=teacher, processes=processes)
         chosen = select_parameters(model, options.inner_params, include_frozen=True)
         self.base = {n: p for n, p in chosen.items() if n not in self.params}
         if not self.base:
@@ -95,18 +96,18 @@ class OuterLoraTrainer(MetaTrainer):
         return out / "model"
 
 
-def build_trainer(model: torch.nn.Module, tokenizer, options: MetaOptions) -> MetaTrainer:
+def build_trainer(model: torch.nn.Module, tokenizer, options: MetaOptions, processes=None) -> MetaTrainer:
     """The trainer for `options.lora`: plain, LoRA inner + outer, or rank-r outer with a full-rank inner step.
 
     With LoRA the teacher (LC) is a frozen copy of the base model taken before the adapter is added.
     """
     options.validate()
     if options.lora == "none":
-        return MetaTrainer(model, tokenizer, options)
-    teacher = copy.deepcopy(model) if options.objective == "lc" else None
+        return MetaTrainer(model, tokenizer, options, processes=processes)
+    teacher = copy.deepcopy(model).to(compute_dtype(options.precision)) if options.objective == "lc" else None
     wrapped = wrap_lora(model, options)
     trainer_class = OuterLoraTrainer if options.lora == "outer" else MetaTrainer
-    return trainer_class(wrapped, tokenizer, options, teacher=teacher)
+    return trainer_class(wrapped, tokenizer, options, teacher=teacher, processes=processes)
 
 
 def load_adapter_model(path: str | Path, **load_options) -> tuple[PeftModel, object]:

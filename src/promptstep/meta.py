@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -16,8 +17,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from promptstep.analysis.rules import INNER_RULES
 from promptstep.checkpoints import load_checkpoint, save_checkpoint
 from promptstep.data.triplets import Triplet
+from promptstep.distributed import Processes
 from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions, evaluate, greedy_continuations, summarize
 from promptstep.formats import Format, encode_text
@@ -31,6 +34,7 @@ from promptstep.objectives import (
     forward_kl,
     gold_nll,
 )
+from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_context
 from promptstep.updates import inner_step, select_parameters
 
 LM_SOURCES = ("prompt", "context")
@@ -45,6 +49,7 @@ class MetaOptions:
     inner_lr: float = 1e-3
     inner_steps: int = 1
     inner_params: str | None = None
+    inner_rule: str = "sgd"
     first_order: bool = False
     outer_lr: float = 1e-5
     batch_size: int = 16
@@ -59,10 +64,15 @@ class MetaOptions:
     lora_rank: int | None = None  # default 8 for lora=inner, 1 for lora=outer (the paper's rank-1 outer update)
     lora_alpha: float | None = None  # default = lora_rank (scaling 1)
     lora_targets: str = "all-linear"  # PEFT target_modules: 'all-linear' or comma-separated module names
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
 
     def validate(self) -> None:
+        compute_dtype(self.precision)
         if self.objective not in OBJECTIVES:
             raise InputError(f"unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVES)})")
+        if self.inner_rule not in INNER_RULES:
+            raise InputError(f"unknown inner_rule '{self.inner_rule}' (choose from {', '.join(INNER_RULES)})")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
         if self.lora not in LORA_MODES:
@@ -81,6 +91,9 @@ class MetaOptions:
                 raise InputError(f"config key '{key}' must be >= 0, got {getattr(self, key)}")
 
 
+STOP_RULE = "newline-after-text"  # part of the teacher-answer cache key: where greedy answers end
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A hash of every parameter's bytes: identifies the weights a cache entry was computed with."""
     digest = hashlib.sha256()
@@ -93,7 +106,7 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format, max_new_tokens: int,
                     batch_size: int = 16, progress: bool = True) -> dict[str, list[int]]:
     """The teacher's greedy answer ids to context + query for every triplet, cached on disk per model and data."""
-    key_src = json.dumps([model_fingerprint(teacher), fmt.separator, fmt.answer_prefix, max_new_tokens,
+    key_src = json.dumps([model_fingerprint(teacher), fmt.separator, fmt.answer_prefix, max_new_tokens, STOP_RULE,
                           [(t.id, t.context, t.query) for t in triplets]])
     path = cache_dir() / "teacher" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.json"
     if path.is_file():
@@ -106,7 +119,7 @@ def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format
         for triplet, ids in zip(part, greedy_continuations(teacher, tokenizer, prefixes, max_new_tokens)):
             answers[triplet.id] = ids
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # runs (or processes) filling the same entry write apart
     tmp.write_text(json.dumps(answers), encoding="utf-8")
     tmp.replace(path)
     return answers
@@ -116,11 +129,12 @@ class MetaTrainer:
     """Meta-trains `model` so that one inner step on a context acts like the context in the prompt.
 
     Examples are processed one at a time and their outer gradients accumulated, so peak memory does not grow
-    with the batch size. The teacher (LC) is a frozen copy of the model as it was when training started.
+    with the batch size. The teacher (LC) is a frozen copy of the model as it was when training started (kept
+    in bf16 under bf16 precision). With several `processes`, each takes its share of every batch.
     """
 
     def __init__(self, model, tokenizer, options: MetaOptions, fmt: Format | None = None,
-                 teacher: torch.nn.Module | None = None) -> None:
+                 teacher: torch.nn.Module | None = None, processes: Processes | None = None) -> None:
         options.validate()
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.fmt = fmt or Format()
@@ -128,10 +142,15 @@ class MetaTrainer:
         self.inner_names = list(select_parameters(model, options.inner_params))
         self.optimizer = torch.optim.Adam(self.params.values(), lr=options.outer_lr)
         needs_teacher = options.objective == "lc"
-        self.teacher = (teacher or copy.deepcopy(model)).eval().requires_grad_(False) if needs_teacher else None
+        if needs_teacher and teacher is None:
+            teacher = copy.deepcopy(model).to(compute_dtype(options.precision))
+        self.teacher = teacher.eval().requires_grad_(False) if needs_teacher else None
+        if options.grad_checkpointing:
+            enable_checkpointing(model)
         self.step_count = 0
         self.bad_steps = 0
         self.device = next(model.parameters()).device
+        self.processes = processes or Processes(device=self.device)
 
     # -------------------------------------------------------------- targets
 
@@ -139,8 +158,9 @@ class MetaTrainer:
         """Tokenised examples whose targets are the teacher's greedy answers (LC) or the gold answers (LG)."""
         if self.options.objective == "lg":
             return [build_example(self.tokenizer, t, self.fmt) for t in triplets]
-        answers = teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
-                                  progress=progress)
+        with meta_step_context(self.teacher, self.options.precision):  # the precision the KL targets see
+            answers = teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
+                                      progress=progress)
         return [build_example(self.tokenizer, t, self.fmt, answers[t.id]) for t in triplets if answers[t.id]]
 
     # -------------------------------------------------------------- losses
@@ -173,12 +193,17 @@ class MetaTrainer:
     def group_loss(self, group: Sequence[MetaExample]) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed outer loss of a group: one inner step on all its contexts together (mean token loss), each
         example's target loss after it, plus lambda * L_LM before it."""
+        with meta_step_context(self.model, self.options.precision, self.options.grad_checkpointing):
+            return self._group_loss(group)
+
+    def _group_loss(self, group: Sequence[MetaExample]) -> tuple[torch.Tensor, dict[str, float]]:
         opts = self.options
         context = context_lm_batch(self.tokenizer, group, self.device)
         start = self.inner_start()  # before the scope: PEFT's disable_adapter() also stops the adapter's grads
         with self.inner_scope():
             adapted = inner_step(self.model, start, context, lr=opts.inner_lr, steps=opts.inner_steps,
-                                 first_order=opts.first_order, differentiable=True)
+                                 first_order=opts.first_order, differentiable=True,
+                                 gradients=INNER_RULES[opts.inner_rule])
             target = sum(self._target_loss(answer_logprobs(self.model, adapted, e.student_ids, e.n_answer), e)
                          for e in group)
         parts = {"target": target.item()}
@@ -199,30 +224,41 @@ class MetaTrainer:
 
     # -------------------------------------------------------------- outer step
 
-    def accumulate(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None
-                   ) -> dict[str, float]:
-        """Add the gradient of the mean outer loss of `batch` into `.grad`, one group of `inner_k` examples at once."""
+    def accumulate(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   total: int | None = None) -> dict[str, float]:
+        """Add the gradient of the mean outer loss of `batch` into `.grad`, one group of `inner_k` examples at once.
+
+        `total` is the size of the whole batch when `batch` is one process's share of it (the mean is over all).
+        """
+        total = total or len(batch)
         sums: dict[str, float] = {}
         k = self.options.inner_k
         for start in range(0, len(batch), k):
             loss, parts = self.group_loss(batch[start : start + k])
             if inject is not None:
                 loss = inject(loss)
-            (loss / len(batch)).backward(inputs=list(self.params.values()))
+            (loss / total).backward(inputs=list(self.params.values()))
             for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value / len(batch)
-            sums["loss"] = sums.get("loss", 0.0) + loss.item() / len(batch)
+                sums[key] = sums.get(key, 0.0) + value / total
+            sums["loss"] = sums.get("loss", 0.0) + loss.item() / total
         return sums
 
     def outer_step(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None
                    ) -> dict[str, float]:
-        """One clipped Adam step on the mean outer loss of `batch`; a non-finite loss or gradient skips it."""
+        """One clipped Adam step on the mean outer loss of `batch`; a non-finite loss or gradient skips it.
+
+        With several processes, each accumulates its share and the gradients are summed before clipping.
+        """
         self.optimizer.zero_grad(set_to_none=True)
+        params = list(self.params.values())
         try:
-            sums = self.accumulate(batch, inject)
-            norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.options.clip).item()
+            k = self.options.inner_k  # processes share whole groups of inner_k examples
+            mine = self.processes.share([batch[i : i + k] for i in range(0, len(batch), k)])
+            sums = self.accumulate([e for group in mine for e in group], inject, total=len(batch))
         except FloatingPointError:  # the inner loss itself was not finite
-            sums, norm = {"loss": float("nan")}, float("nan")
+            sums = {"loss": float("nan")}
+        sums = self.processes.reduce(params, sums)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.options.clip).item()
         self.step_count += 1
         log = {"step": self.step_count, **sums, "grad_norm": norm}
         if not (math.isfinite(norm) and math.isfinite(sums["loss"])):
@@ -244,14 +280,18 @@ class MetaTrainer:
 
     def restore(self, path: Path) -> dict:
         """Load weights, optimizer, RNG and step count from a checkpoint; return its progress record."""
-        weights, progress = load_checkpoint(path, self.optimizer)
-        if set(weights) != set(self.params):
-            raise InputError(f"{path}: checkpoint parameters do not match the model (different model?)")
-        with torch.no_grad():
+
+        def check(weights: dict[str, torch.Tensor]) -> None:
+            if set(weights) != set(self.params):
+                raise InputError(f"{path}: checkpoint parameters do not match the model (different model?)")
             for name, value in weights.items():
                 if value.shape != self.params[name].shape:
                     raise InputError(f"{path}: parameter {name} has shape {tuple(value.shape)}, model has "
                                      f"{tuple(self.params[name].shape)} (different model?)")
+
+        weights, progress = load_checkpoint(path, self.optimizer, check)
+        with torch.no_grad():
+            for name, value in weights.items():
                 self.params[name].copy_(value)
         self.step_count = int(progress["step"])
         return progress
@@ -280,7 +320,8 @@ def eval_summary(trainer: MetaTrainer, triplets: Sequence[Triplet], progress: bo
     """NC / Prompt / FT summary with the trainer's inner step as the FT step."""
     opts = trainer.options
     options = EvalOptions(lrs=(opts.inner_lr,), steps=opts.inner_steps, param_filter=opts.inner_params,
-                          max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt)
+                          max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt,
+                          gradients=INNER_RULES[opts.inner_rule])
     records = evaluate(trainer.eval_model(), trainer.tokenizer, triplets, options, progress=progress)
     return {"summary": summarize(records), "records": records}
 
@@ -316,12 +357,25 @@ def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]],
             if eval_set and eval_every and (trainer.step_count % eval_every == 0) and not done:
                 last_eval = eval_summary(trainer, eval_set)
                 _log_eval(out, trainer.step_count, last_eval["summary"])
-            if out and checkpoint_every and (trainer.step_count % checkpoint_every == 0 or done):
-                trainer.save(out / "checkpoint")
+            if checkpoint_every and (trainer.step_count % checkpoint_every == 0 or done):
+                stopped = trainer.processes.broadcast(_save(trainer, out))
+                if stopped:
+                    break
     finally:
         if log_file:
             log_file.close()
     return {"stopped": stopped, "steps": trainer.step_count, "wall_s": round(time.time() - began, 1)}
+
+
+def _save(trainer: MetaTrainer, out: Path | None) -> str | None:
+    """Write `out/checkpoint` (nothing without `out`); why that failed, or None."""
+    if out is None:
+        return None
+    try:
+        trainer.save(out / "checkpoint")
+    except OSError as err:  # e.g. a full disk: the previous checkpoint is still whole
+        return f"could not write the step-{trainer.step_count} checkpoint ({err})"
+    return None
 
 
 def _log_eval(out: Path | None, step: int, summary: dict) -> None:

@@ -21,8 +21,8 @@ def normalize_answer(text: str) -> str:
 
 
 def first_line(generation: str) -> str:
-    """The generated answer: the text up to the first newline, stripped."""
-    return generation.split("\n", 1)[0].strip()
+    """The generated answer: the first non-blank line, stripped."""
+    return generation.strip().split("\n", 1)[0].strip()
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from promptstep.checkpoints import pickled_files
 from promptstep.errors import InputError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -77,6 +78,11 @@ def resolve_model_path(spec: str) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise InputError(f"model directory {path} has no config.json")
+        pickles = pickled_files(path)
+        if pickles and not any(path.glob("*.safetensors")):
+            raise InputError(f"model directory {path} has only pickled weights ({pickles[0]}), and unpickling can "
+                             "run arbitrary code; promptstep loads safetensors only (convert them where you trust "
+                             "the file: save_pretrained(..., safe_serialization=True))")
         return str(path)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a hub id
@@ -115,6 +121,9 @@ def load_model(
         raise
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "custom code" in first and not trust_remote_code:
+            raise InputError(f"model '{spec}' ships its own Python code, which promptstep runs only with "
+                             "--trust-remote-code true (read that code first)") from None
         raise InputError(f"could not load model '{spec}': {first}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

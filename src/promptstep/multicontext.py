@@ -47,12 +47,13 @@ def updated_parameters(model, tokenizer, triplets: Sequence[Triplet], mode: str,
     if mode == "batched":
         ids = [encode_text(tokenizer, options.fmt.inner_text(t)) for t in triplets]
         batch = to_device(lm_batch(ids, tokenizer.pad_token_id), device)
-        return inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False)
+        return inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False,
+                          gradients=options.gradients)
     if mode != "sequential":
         raise InputError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
     for triplet in triplets:
         params = inner_step(model, params, context_batch(tokenizer, triplet, options.fmt, device), lr=lr,
-                            steps=options.steps, differentiable=False)
+                            steps=options.steps, differentiable=False, gradients=options.gradients)
     return params
 
 

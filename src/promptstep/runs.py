@@ -17,20 +17,53 @@ import yaml
 from promptstep.errors import InputError
 
 
+def _nearest_existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
 def check_run_dir(path: Path, overwrite: bool) -> None:
-    """Fail early if `path` exists (without `overwrite`) or its parent cannot be written."""
+    """Fail early, writing nothing, if `path` exists (without `overwrite`) or could not be created and written."""
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; pass --overwrite true or choose another name")
-    parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write to {parent}")
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise InputError(f"cannot create {path}: {base} is not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {base} (read-only or no permission)")
+
+
+def require_free_space(path: Path, needed: int) -> None:
+    """Fail early if the file system that will hold `path` has fewer than `needed` bytes free."""
+    base = _nearest_existing(path)
+    free = shutil.disk_usage(base).free
+    if free < needed:
+        raise InputError(f"not enough free space for {path}: {free / 2**20:,.0f} MiB free on its disk, "
+                         f"about {needed / 2**20:,.0f} MiB needed")
+
+
+def trim_log(path: Path, last_step: int) -> None:
+    """Keep the whole JSONL rows of `path` up to `last_step` (a resumed run writes the later steps again)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a row cut short by a kill
+            break
+        if row["step"] > last_step:
+            break
+        kept.append(line + "\n")
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text("".join(kept), encoding="utf-8")
+    os.replace(staging, path)
 
 
 @contextmanager
 def staged_dir(path: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a hidden staging directory; on success it replaces `path`, on failure it is removed."""
     check_run_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
         yield staging

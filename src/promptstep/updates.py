@@ -7,7 +7,7 @@ gradient is exact second order unless `first_order`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -16,6 +16,8 @@ from torch.func import functional_call
 from promptstep.errors import InputError
 
 ParamDict = dict[str, torch.Tensor]
+# (model, params, batch, create_graph) -> gradient of the rule's loss for every entry of params.
+GradientFn = Callable[[torch.nn.Module, ParamDict, dict[str, torch.Tensor], bool], ParamDict]
 
 
 def select_parameters(model: torch.nn.Module, pattern: str | None = None, include_frozen: bool = False) -> ParamDict:
@@ -72,11 +74,14 @@ def inner_step(
     steps: int = 1,
     first_order: bool = False,
     differentiable: bool = True,
+    gradients: GradientFn = context_gradients,
 ) -> ParamDict:
     """`steps` plain SGD steps of size `lr` on the LM loss of `batch`.
 
-    differentiable=True keeps the result a function of `params` (second order unless `first_order`, where
-    the gradients are treated as constants); differentiable=False returns detached tensors for evaluation.
+    `gradients` is the rule's gradient: by default that of the context's LM loss (Layer-Causal GD is
+    promptstep.analysis.rules.layer_causal_gradients). differentiable=True keeps the result a function of
+    `params` (second order unless `first_order`, where the gradients are treated as constants);
+    differentiable=False returns detached tensors for evaluation.
     """
     if lr < 0 or steps < 1:
         raise InputError(f"inner step needs lr >= 0 and steps >= 1 (got lr={lr}, steps={steps})")
@@ -84,7 +89,7 @@ def inner_step(
         params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     for _ in range(steps):
         with torch.enable_grad():
-            grads = context_gradients(model, params, batch, create_graph=differentiable and not first_order)
+            grads = gradients(model, params, batch, differentiable and not first_order)
         if not differentiable or first_order:
             grads = {n: g.detach() for n, g in grads.items()}
         params = sgd_update(params, grads, lr)

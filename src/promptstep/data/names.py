@@ -47,9 +47,9 @@ def random_name(rng: random.Random) -> str:
     return f"{first} {last}"
 
 
-def is_test_name(full_name: str) -> bool:
-    """True iff the name belongs to the test split: SHA-256 of the name, as an integer, is 0 mod 10."""
-    digest = hashlib.sha256(full_name.encode("utf-8")).hexdigest()
+def is_test_key(key: str) -> bool:
+    """True iff `key` (a name, an article title) belongs to the test split: SHA-256(key) as an integer is 0 mod 10."""
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
     return int(digest, 16) % 10 == 0
 
 
@@ -60,5 +60,5 @@ def sample_name(rng: random.Random, split: str) -> str:
     want_test = split == "test"
     while True:
         name = random_name(rng)
-        if is_test_name(name) == want_test:
+        if is_test_key(name) == want_test:
             return name

@@ -73,22 +73,27 @@ def load_triplets(path: str | os.PathLike) -> list[Triplet]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte {err.start})") from None
     triplets: list[Triplet] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{where}: not valid JSON ({err.msg})") from None
-            triplet = _parse_record(record, where)
-            if triplet.id in seen:
-                raise InputError(f"{where}: duplicate id '{triplet.id}' (first on line {seen[triplet.id]})")
-            seen[triplet.id] = number
-            triplets.append(triplet)
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{where}: not valid JSON ({err.msg})") from None
+        triplet = _parse_record(record, where)
+        if triplet.id in seen:
+            raise InputError(f"{where}: duplicate id '{triplet.id}' (first on line {seen[triplet.id]})")
+        seen[triplet.id] = number
+        triplets.append(triplet)
     if not triplets:
         raise InputError(f"{path}: holds no triplets")
     return triplets

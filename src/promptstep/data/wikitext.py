@@ -1,0 +1,71 @@
+"""WikiText paragraphs (the raw variants, -2 or -103) from local `wiki.*.raw` files or the hub.
+
+A record is one paragraph: a non-empty line that is not a ` = Heading = ` line. The raw files keep WikiText's
+tokenised spacing and its `@-@`, `@,@`, `@.@` joiners; both are undone so the model reads ordinary prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from promptstep.data.prose import tidy_spacing
+from promptstep.errors import InputError
+
+RAW_FILES = {"train": "wiki.train.raw", "test": "wiki.test.raw", "valid": "wiki.valid.raw"}
+HUB_SPLITS = {"train": "train", "test": "test", "valid": "validation"}
+DEFAULT_HUB = "Salesforce/wikitext"
+DEFAULT_VARIANT = "wikitext-103-raw-v1"
+_JOINERS = {" @-@ ": "-", " @,@ ": ",", " @.@ ": "."}
+
+
+def wikitext_paragraphs(lines: Iterable[str], prefix: str) -> list[tuple[str, str]]:
+    """(id, paragraph) for every prose line; ids are `prefix`-<line number> so they stay stable across limits."""
+    paragraphs = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or (text.startswith("=") and text.endswith("=")):
+            continue
+        for joiner, char in _JOINERS.items():
+            text = text.replace(joiner, char)
+        paragraphs.append((f"{prefix}-{number}", tidy_spacing(text)))
+    return paragraphs
+
+
+def raw_lines(path: Path) -> list[str]:
+    """The lines of a local WikiText raw file."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (expected WikiText raw files: {', '.join(RAW_FILES.values())})")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def hub_lines(name: str, variant: str, split: str) -> list[str]:
+    """The `text` column of a WikiText split on the Hugging Face hub (needs the optional `datasets` package)."""
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise InputError(f"reading '{name}' from the hub needs the `datasets` package (pip install "
+                         "'promptstep[hub]'); offline, pass --source DIR holding the wiki.*.raw files") from None
+    try:
+        return list(load_dataset(name, variant, split=HUB_SPLITS[split])["text"])
+    except Exception as err:  # the hub raises many types (connection, missing repo, offline mode)
+        raise InputError(f"could not load '{name}' ({variant}, {HUB_SPLITS[split]}) from the hub: {err}"
+                         .splitlines()[0]) from None
+
+
+def load_wikitext(source: str, split: str, variant: str = DEFAULT_VARIANT) -> list[tuple[str, str]]:
+    """(id, paragraph) of `split` from a directory of raw files, or else from the hub dataset `source`."""
+    path = Path(source)
+    if path.is_dir():
+        lines = raw_lines(path / RAW_FILES[split])
+        where = str(path / RAW_FILES[split])
+    else:
+        lines = hub_lines(source, variant, split)
+        where = f"{source} ({variant}, {HUB_SPLITS[split]})"
+    paragraphs = wikitext_paragraphs(lines, f"wikitext-{split}")
+    if not paragraphs:
+        raise InputError(f"{where}: holds no paragraphs")
+    return paragraphs

@@ -1,0 +1,351 @@
+"""Malformed input at every CLI entry point: exactly one stderr line `promptstep CMD: error: ...`, exit code 2,
+and nothing written or overwritten.
+
+One row per case. A row is a command line with placeholders, files to write under the test's directory first,
+an optional setup step, and a regular expression the error line must contain. To add a case (say, a SQuAD or
+WikiText file), append a row; placeholders:
+
+  {tmp}    the test's own directory (files are written relative to it; the CLI runs with it as cwd)
+  {runs}   {tmp}/runs, the runs directory
+  {data}   a good Character Description dataset directory (12 train / 4 test triplets)
+  {model}  a random GPT-2 saved with its tokenizer (256-token window); {model64}: the same with 64 tokens
+  {done}   name of a finished meta-train run under {runs} (created by the `finished_run` setup), made with
+           DONE_ARGS
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from conftest import make_gpt2, make_llama
+from promptstep import runs
+from promptstep.checkpoints import save_checkpoint
+from promptstep.cli import main
+
+GOOD = {"id": "x1", "context": "Evan Armstrong is the first person on Mars.", "query": "The first person on Mars was",
+        "answer": "Evan Armstrong"}
+META = "meta-train --data {data} --model {model} --runs-dir runs --eval-n 2 --max-new-tokens 2 --batch-size 2"
+DONE_ARGS = " --name done --train-limit 4 --checkpoint-every 1"
+EVAL = "eval --model {model} --runs-dir {runs} --data"
+
+
+def _line(**changes) -> str:
+    record = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in record.items() if v is not ...}) + "\n"
+
+
+def _squad_files(qa: dict, context: str = "Ann Smith") -> dict[str, str]:
+    """An official-format SQuAD directory `sq/` whose one question is `qa`."""
+    doc = json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": context, "qas": [qa]}]}]})
+    return {"sq/train-v1.1.json": doc, "sq/dev-v1.1.json": doc}
+
+
+@dataclass(frozen=True)
+class Env:
+    tmp: Path
+    data: str
+    model: str
+    model64: str
+    finished: Path
+    monkeypatch: pytest.MonkeyPatch | None
+
+    def fill(self, text: str) -> str:
+        return text.format(tmp=self.tmp, runs=self.tmp / "runs", data=self.data, model=self.model,
+                           model64=self.model64, done="done")
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str
+    argv: str
+    message: str  # a regular expression searched in the error line
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    setup: Callable[[Env], None] | None = None
+
+
+# ---------------------------------------------------------------- setups
+
+
+def finished_run(env: Env) -> None:
+    shutil.copytree(env.finished, env.tmp / "runs" / "done")
+
+
+def different_model_checkpoint(env: Env) -> None:
+    finished_run(env)
+    other = make_llama(300)
+    params = dict(other.named_parameters())
+    save_checkpoint(env.tmp / "runs" / "done" / "checkpoint", params, torch.optim.Adam(params.values()), {"step": 1})
+
+
+def pickled_checkpoint(env: Env) -> None:
+    finished_run(env)
+    checkpoint = env.tmp / "runs" / "done" / "checkpoint"
+    shutil.rmtree(checkpoint)
+    checkpoint.mkdir()
+    torch.save({"weights": torch.zeros(2)}, checkpoint / "checkpoint.pt")
+
+
+def truncated_checkpoint(env: Env) -> None:
+    finished_run(env)
+    weights = env.tmp / "runs" / "done" / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def pickled_model(env: Env) -> None:
+    model = make_gpt2(300)
+    model.config.save_pretrained(env.tmp / "pickled")
+    torch.save(model.state_dict(), env.tmp / "pickled" / "pytorch_model.bin")
+
+
+def model_without_pad_or_eos(env: Env) -> None:
+    shutil.copytree(env.model, env.tmp / "nopad")
+    fast = PreTrainedTokenizerFast.from_pretrained(env.model)
+    PreTrainedTokenizerFast(tokenizer_object=fast.backend_tokenizer).save_pretrained(env.tmp / "nopad")
+
+
+def custom_code_model(env: Env) -> None:
+    shutil.copytree(env.model, env.tmp / "custom")
+    config = json.loads((env.tmp / "custom" / "config.json").read_text())
+    config.update(model_type="custom-lm", auto_map={"AutoConfig": "modeling.Config",
+                                                     "AutoModelForCausalLM": "modeling.Model"})
+    (env.tmp / "custom" / "config.json").write_text(json.dumps(config))
+    (env.tmp / "custom" / "modeling.py").write_text("raise SystemExit('remote code ran')\n")
+
+
+def full_disk(env: Env) -> None:
+    env.monkeypatch.setattr(runs.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=0))
+
+
+def read_only_runs_dir(env: Env) -> None:
+    (env.tmp / "runs").mkdir()
+    real = os.access
+    env.monkeypatch.setattr(runs.os, "access",
+                            lambda path, mode: False if Path(path).resolve() == env.tmp / "runs" else real(path, mode))
+
+
+def existing_dir(name: str) -> Callable[[Env], None]:
+    def setup(env: Env) -> None:
+        (env.tmp / name).mkdir(parents=True)
+        (env.tmp / name / "keep.txt").write_text("precious")
+
+    return setup
+
+
+# ---------------------------------------------------------------- the table
+
+BAD = [
+    # triplet JSONL files
+    Bad("jsonl-not-json", EVAL + " bad.jsonl", r"bad.jsonl:1: not valid JSON", {"bad.jsonl": "{this is not json}\n"}),
+    Bad("jsonl-array", EVAL + " bad.jsonl", r"bad.jsonl:1: expected a JSON object, got list",
+        {"bad.jsonl": "[1, 2, 3]\n"}),
+    Bad("jsonl-missing-query", EVAL + " bad.jsonl", r"bad.jsonl:1: missing field 'query'",
+        {"bad.jsonl": _line(query=...)}),
+    Bad("jsonl-missing-id", EVAL + " bad.jsonl", r"bad.jsonl:1: missing field 'id'", {"bad.jsonl": _line(id=...)}),
+    Bad("jsonl-number-answer", EVAL + " bad.jsonl", r"bad.jsonl:1: field 'answer' must be a string, got int",
+        {"bad.jsonl": _line(answer=42)}),
+    Bad("jsonl-empty-context", EVAL + " bad.jsonl", r"bad.jsonl:1: field 'context' is empty",
+        {"bad.jsonl": _line(context="  ")}),
+    Bad("jsonl-empty-answer", EVAL + " bad.jsonl", r"bad.jsonl:1: field 'answer' is empty",
+        {"bad.jsonl": _line(answer="")}),
+    Bad("jsonl-duplicate-id", EVAL + " bad.jsonl", r"bad.jsonl:2: duplicate id 'x1' \(first on line 1\)",
+        {"bad.jsonl": _line() + _line()}),
+    Bad("jsonl-answers-not-list", EVAL + " bad.jsonl", r"bad.jsonl:1: field 'answers' must be a non-empty list",
+        {"bad.jsonl": _line(answers="Evan")}),
+    Bad("jsonl-empty-file", EVAL + " bad.jsonl", r"bad.jsonl: holds no triplets", {"bad.jsonl": "\n\n"}),
+    Bad("jsonl-bad-second-line", EVAL + " bad.jsonl", r"bad.jsonl:2: not valid JSON",
+        {"bad.jsonl": _line() + "{oops\n"}),
+    Bad("jsonl-not-utf8", EVAL + " bad.jsonl", r"bad.jsonl:2: not UTF-8 text",
+        {"bad.jsonl": _line().encode() + b'{"id": "\xff\xfe"}\n'}),
+    Bad("jsonl-missing-file", EVAL + " nothing.jsonl", r"nothing.jsonl: no such file"),
+    Bad("dataset-dir-without-split", EVAL + " {tmp}", r"test.jsonl: no such file"),
+    Bad("context-longer-than-window", "eval --model {model64} --runs-dir {runs} --data long.jsonl",
+        r"triplet 'long' is \d+ tokens in the Prompt format, over the model's limit of 64",
+        {"long.jsonl": _line(id="long", context="word " * 300)}),
+    Bad("meta-train-context-longer-than-window", "meta-train --data long --model {model64} --runs-dir {runs}",
+        r"triplet 'long' is \d+ tokens", {"long/train.jsonl": _line(id="long", context="word " * 300),
+                                          "long/test.jsonl": _line()}),
+    # YAML configs and options
+    Bad("yaml-invalid", "eval --config c.yaml", r"c.yaml:2: not valid YAML", {"c.yaml": "lrs: [0.1\n"}),
+    Bad("yaml-not-a-mapping", "eval --config c.yaml", r"c.yaml: expected a mapping", {"c.yaml": "- a list\n"}),
+    Bad("yaml-unknown-key", "eval --config c.yaml --data {data}", r"c.yaml: unknown config key 'learning_rate'",
+        {"c.yaml": "learning_rate: 0.1\n"}),
+    Bad("yaml-wrong-type", "eval --config c.yaml", r"'batch_size': expected an integer, got 'many'",
+        {"c.yaml": "batch_size: many\n"}),
+    Bad("yaml-list-for-int", META + " --config c.yaml", r"'epochs': expected an integer, got \[1, 2\]",
+        {"c.yaml": "epochs: [1, 2]\n"}),
+    Bad("yaml-bad-bool", "eval --config c.yaml", r"'truncate': expected true/false, got 'maybe'",
+        {"c.yaml": "truncate: maybe\n"}),
+    Bad("yaml-missing-file", "eval --config nothing.yaml", r"config nothing.yaml: no such file"),
+    Bad("option-unknown", EVAL + " {data} --no-such-key 1", r"unknown config key 'no-such-key'"),
+    Bad("option-without-value", EVAL + " {data} --limit", r"option --limit needs a value"),
+    Bad("option-stray-argument", EVAL + " {data} extra", r"unexpected argument 'extra'"),
+    Bad("config-without-value", "eval --config", r"argument --config: expected one argument"),
+    Bad("threads-zero", EVAL + " {data} --threads 0", r"--threads must be a positive integer"),
+    Bad("lr-not-a-number", EVAL + " {data} --lrs abc", r"'lrs': expected a number, got 'abc'"),
+    Bad("lr-negative", EVAL + " {data} --lrs -1e-3", r"'lrs' must be positive"),
+    Bad("setting-unknown", EVAL + " {data} --settings nc,zero", r"unknown setting 'zero'"),
+    Bad("batch-zero", EVAL + " {data} --batch-size 0", r"'batch_size' must be positive"),
+    Bad("steps-fractional", EVAL + " {data} --steps 1.5", r"'steps': expected an integer"),
+    # models
+    Bad("model-missing", "eval --model /no/such/dir --data {data}", r"neither an embedded model"),
+    Bad("model-dir-without-config", "eval --model {tmp} --data {data}", r"has no config.json"),
+    Bad("model-pickled-weights", "eval --model pickled --data {data}",
+        r"only pickled weights \(pytorch_model.bin\).*run arbitrary code", setup=pickled_model),
+    Bad("tokenizer-without-pad-or-eos", "eval --model nopad --data {data} --runs-dir {runs}",
+        r"tokenizer of 'nopad' has neither a pad nor an eos token", setup=model_without_pad_or_eos),
+    Bad("model-custom-code-untrusted", "eval --model custom --data {data} --runs-dir {runs}",
+        r"ships its own Python code.*--trust-remote-code true", setup=custom_code_model),
+    Bad("device-unknown", EVAL + " {data} --device gpu0", r"unknown device 'gpu0'"),
+    Bad("device-absent-gpu", EVAL + " {data} --device cuda:99", r"device '?cuda:99'? requested but"),
+    # run directories
+    Bad("eval-run-exists", EVAL + " {data} --name taken", r"runs/taken already exists",
+        setup=existing_dir("runs/taken")),
+    Bad("runs-dir-under-a-file", EVAL + " {data} --runs-dir afile/runs", r"afile is not a directory",
+        {"afile": "x"}),
+    Bad("runs-dir-read-only", META + " --name r", r"cannot write to .*runs \(read-only", setup=read_only_runs_dir),
+    Bad("disk-full", META + " --name r", r"not enough free space for runs/r: 0 MiB free on its disk, about \d+ MiB",
+        setup=full_disk),
+    # data
+    Bad("data-unknown-task", "data nosuch --out out", r"unknown data task 'nosuch'"),
+    Bad("data-no-out", "data character", r"data needs --out DIR"),
+    Bad("data-out-exists", "data character --out out", r"out already exists", setup=existing_dir("out")),
+    Bad("data-zero-train", "data character --out out --n-train 0", r"'n_train' must be positive"),
+    # prepare
+    Bad("prepare-zero-lr", "prepare --model {model} --data {data} --runs-dir {runs} --lr 0", r"'lr' must be positive"),
+    Bad("prepare-negative-nc-weight", "prepare --model {model} --data {data} --nc-weight -1",
+        r"'nc_weight' must be >= 0"),
+    Bad("prepare-missing-data", "prepare --model {model} --data nothing", r"error: nothing: no such file"),
+    # data: SQuAD and WikiText files
+    Bad("squad-missing-answers", "data squad --source sq --out out", r"qas\[0\]: missing field 'answers'",
+        _squad_files({"id": "q", "question": "Who?"})),
+    Bad("squad-answer-start-outside", "data squad --source sq --out out",
+        r"answer_start 99 is outside the passage \(9 characters\)",
+        _squad_files({"id": "q", "question": "Who?", "answers": [{"text": "Ann", "answer_start": 99}]})),
+    Bad("squad-empty-paragraph", "data squad --source sq --out out", r"paragraphs\[0\]: empty paragraph context",
+        _squad_files({"id": "q", "question": "Who?", "answers": []}, context="  ")),
+    Bad("squad-not-json", "data squad --source sq --out out", r"train-v1.1.json: not valid JSON",
+        {"sq/train-v1.1.json": "{", "sq/dev-v1.1.json": "{"}),
+    Bad("squad-dir-without-files", "data squad --source {tmp} --out out", r"train-v1.1.json: no such file"),
+    Bad("wikitext-missing-file", "data wikitext --source wt --out out", r"wiki.train.raw: no such file",
+        {"wt/wiki.test.raw": " Prose .\n"}),
+    Bad("wikitext-only-headings", "data wikitext --source wt --out out", r"wiki.train.raw: holds no paragraphs",
+        {"wt/wiki.train.raw": " = Title = \n\n = = Section = = \n", "wt/wiki.test.raw": " = T = \n"}),
+    Bad("wikitext-not-utf8", "data wikitext --source wt --out out", r"wiki.train.raw: not UTF-8 text",
+        {"wt/wiki.train.raw": b"caf\xe9 au lait\n", "wt/wiki.test.raw": b"x\n"}),
+    Bad("data-spans-inverted", "data wiki-offline --out out --min-context-words 50 --max-context-words 10",
+        r"max_context_words \(10\) is below min_context_words \(50\)"),
+    # meta-train
+    Bad("meta-no-data", "meta-train --model {model}", r"meta-train needs --data"),
+    Bad("meta-unknown-objective", META + " --objective kl", r"unknown objective 'kl'"),
+    Bad("meta-outer-lr-zero", META + " --outer-lr 0", r"'outer_lr' must be positive"),
+    Bad("meta-inner-lr-negative", META + " --inner-lr -1", r"'inner_lr' must be >= 0"),
+    Bad("meta-lm-source-unknown", META + " --lm-source web", r"unknown lm_source 'web'"),
+    Bad("meta-max-steps-zero", META + " --max-steps 0", r"'max_steps' must be positive"),
+    Bad("meta-precision-unknown", META + " --precision fp16", r"unknown precision 'fp16'"),
+    Bad("meta-processes-zero", META + " --num-processes 0", r"'num_processes' must be positive"),
+    Bad("meta-batch-below-processes", META + " --num-processes 4", r"batch_size 2 is smaller than num_processes 4"),
+    Bad("meta-batch-larger-than-dataset", META + " --batch-size 100 --train-limit 8",
+        r"batch_size 100 is larger than the 8 training triplets"),
+    Bad("meta-resume-and-overwrite", META + " --resume true --overwrite true",
+        r"choose one of --resume and --overwrite"),
+    Bad("meta-before-from-missing", META + " --before-from nowhere", r"--before-from nowhere: not a meta-train run"),
+    Bad("meta-run-exists", META + DONE_ARGS, r"runs/done already exists", setup=finished_run),
+    Bad("meta-resume-nothing", META + " --name fresh --resume true", r"nothing to resume: .*fresh has no checkpoint"),
+    Bad("meta-resume-changed-config", META + DONE_ARGS + " --outer-lr 1 --resume true", r"'outer_lr' was",
+        setup=finished_run),
+    Bad("meta-resume-other-model-checkpoint", META + DONE_ARGS + " --resume true",
+        r"checkpoint parameters do not match the model \(different model\?\)", setup=different_model_checkpoint),
+    Bad("meta-resume-pickled-checkpoint", META + DONE_ARGS + " --resume true",
+        r"refusing pickled checkpoint checkpoint.pt \(it can run code on load\)", setup=pickled_checkpoint),
+    Bad("meta-resume-truncated-checkpoint", META + DONE_ARGS + " --resume true",
+        r"model.safetensors: checksum mismatch, the checkpoint is corrupt", setup=truncated_checkpoint),
+    # pretrain-tiny and demo
+    Bad("pretrain-tiny-zero-steps", "pretrain-tiny --out t --steps 0", r"'steps' must be positive"),
+    Bad("pretrain-tiny-over-shipped-model", "pretrain-tiny", r"assets/tiny already exists"),
+    Bad("demo-zero-batch", "demo --batch-size 0", r"'batch_size' must be positive"),
+    Bad("demo-run-exists", "demo --runs-dir {runs} --name taken", r"runs/taken already exists",
+        setup=existing_dir("runs/taken")),
+    Bad("multi-context-bad-mode", "multi-context --data {data} --model {model} --runs-dir {runs} --modes parallel",
+        "unknown mode 'parallel'"),
+    Bad("multi-context-group-too-big", "multi-context --data {data} --model {model} --runs-dir {runs} --sizes 16",
+        "a group of 16 contexts needs at least 16 triplets"),
+    Bad("controls-without-ft", "controls --data {data} --model {model} --runs-dir {runs} --settings nc,prompt",
+        "needs 'nc' and 'ft'"),
+    Bad("distract-too-many", "distract --data {data} --out {tmp}/d2 --distractors 20", "found only"),
+    Bad("transfer-no-target", "transfer --source {data} --model {model} --runs-dir {runs}",
+        "needs --source and --target"),
+    Bad("report-no-runs", "report {tmp}", "no meta-train, multi-context"),
+    Bad("reproduce-unknown-key", "reproduce --suite {tmp}/s.yaml", "unknown key 'colour'",
+        files={"s.yaml": "name: s\ncolour: red\nblocks: []\n"}),
+    Bad("reproduce-no-file", "reproduce --suite {tmp}/nope.yaml", "no such file"),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under `root` with a hash of its bytes (empty directories are not content)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("data") / "character"
+    assert main(["data", "character", "--out", str(out), "--n-train", "12", "--n-test", "4"]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, dataset, saved_gpt2_256) -> Path:
+    base = tmp_path_factory.mktemp("finished")
+    env = Env(base, dataset, saved_gpt2_256, "", base, None)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base)  # the rows run in their own directory with the same relative --runs-dir
+        assert main(shlex.split(env.fill(META + DONE_ARGS))) == 0
+    return base / "runs" / "done"
+
+
+def test_the_table_covers_every_command():
+    from promptstep.cli import COMMANDS
+
+    assert len(BAD) >= 25
+    assert {row.argv.split()[0] for row in BAD} == set(COMMANDS)
+    assert len({row.id for row in BAD}) == len(BAD)
+
+
+@pytest.mark.parametrize("row", BAD, ids=[row.id for row in BAD])
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(row, tmp_path, monkeypatch, capsys, dataset, finished,
+                                                            saved_gpt2_256, saved_gpt2):
+    env = Env(tmp_path, dataset, saved_gpt2_256, saved_gpt2, finished, monkeypatch)
+    for name, content in row.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            (tmp_path / name).write_bytes(content)
+        else:
+            (tmp_path / name).write_text(content)
+    if row.setup:
+        row.setup(env)
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    code = main(shlex.split(env.fill(row.argv)))
+    err = capsys.readouterr().err
+    command = row.argv.split()[0]
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"promptstep {command}: error: "), err
+    assert re.search(row.message, lines[0]), lines[0]
+    assert _snapshot(tmp_path) == before
