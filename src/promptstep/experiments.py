@@ -14,6 +14,7 @@ from promptstep.commands import EvalConfig, _positive, dataset_file, load_split
 from promptstep.config import config_dict
 from promptstep.controls import correctness_breakdown, evaluate_irrelevant, summarize_irrelevant, with_distractors
 from promptstep.data.triplets import load_triplets, write_triplets
+from promptstep.distributed import resolve_device
 from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.formats import Format, fit_lengths
@@ -28,6 +29,11 @@ def _fitted(model, tokenizer, data: str, split: str, limit: int | None, fmt: For
     triplets = load_split(data, split, limit)
     return fit_lengths(triplets, tokenizer, max_length(model, tokenizer), fmt or Format(), truncate,
                        str(dataset_file(data, split)))
+
+
+def _load(config, spec: str | None = None):
+    """(model, tokenizer) of `spec` (default: the config's model) on the config's device."""
+    return load_model(spec or config.model, attn_implementation=config.attn, device=resolve_device(config.device))
 
 
 def _model_label(spec: str) -> str:
@@ -62,11 +68,13 @@ class MultiContextConfig:
     batch_size: int = 16
     seed: int = 0
     attn: str = "eager"
+    device: str = "auto"
     name: str | None = None
     runs_dir: str = "runs"
     overwrite: bool = False
 
     def validate(self) -> None:
+        resolve_device(self.device)
         if not self.data:
             raise InputError("multi-context needs --data (a dataset directory or a .jsonl file)")
         for mode in self.modes:
@@ -87,7 +95,7 @@ class MultiContextConfig:
 def run_multi_context(config: MultiContextConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     out = Path(config.runs_dir) / (config.name or f"multi-{Path(config.data).stem}-{_model_label(config.model)}")
     with staged_dir(out, config.overwrite) as staging:
-        model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+        model, tokenizer = model_and_tokenizer or _load(config)
         triplets = _fitted(model, tokenizer, config.data, config.split, config.limit)
         start = time.time()
         records = evaluate_groups(model, tokenizer, triplets, config.sizes, config.modes, config.n_groups,
@@ -129,7 +137,7 @@ class ControlsConfig(EvalConfig):
 def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     out = Path(config.runs_dir) / (config.name or f"controls-{Path(config.data).stem}-{_model_label(config.model)}")
     with staged_dir(out, config.overwrite) as staging:
-        model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+        model, tokenizer = model_and_tokenizer or _load(config)
         options = config.options()
         test = _fitted(model, tokenizer, config.data, config.split, config.limit, options.fmt, config.truncate)
         start = time.time()
@@ -149,7 +157,7 @@ def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path
             summary["breakdown"][config.train_split] = correctness_breakdown(train_records, config.breakdown_metric)
             records += train_records
         if config.base:
-            base, base_tokenizer = load_model(config.base, attn_implementation=config.attn)
+            base, base_tokenizer = _load(config, config.base)
             nc_options = dataclasses.replace(options, settings=("nc",))
             summary["base_nc"] = summarize(evaluate(base, base_tokenizer, test, nc_options))["nc"]
         summary["wall_s"] = round(time.time() - start, 1)
@@ -227,6 +235,7 @@ class TransferConfig(MetaOptions):
     epochs: int = 1
     seed: int = 0
     attn: str = "eager"
+    device: str = "auto"
     name: str = "transfer"
     runs_dir: str = "runs"
     overwrite: bool = False
@@ -242,6 +251,7 @@ class TransferConfig(MetaOptions):
             _positive(key, getattr(self, key))
         if self.joint_weight < 0:
             raise InputError(f"config key 'joint_weight' must be >= 0, got {self.joint_weight}")
+        resolve_device(self.device)
 
     def prepare_options(self):
         from promptstep.prepare import PrepareOptions
@@ -271,7 +281,7 @@ def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path
 
     out = Path(config.runs_dir) / config.name
     with staged_dir(out, config.overwrite) as staging:
-        base, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn)
+        base, tokenizer = model_and_tokenizer or _load(config)
         evals = {role: _fitted(base, tokenizer, data, "test", config.eval_n)
                  for role, data in (("source", config.source), ("target", config.target))}
         source_train = _fitted(base, tokenizer, config.source, "train", config.train_limit)
@@ -282,7 +292,7 @@ def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path
         start = time.time()
         models = {"base": base}
         if config.source_model:
-            models["meta"] = load_model(config.source_model, attn_implementation=config.attn)[0]
+            models["meta"] = _load(config, config.source_model)[0]
         else:
             models["meta"] = _meta_train(base, tokenizer, config, source_train)[0]
         if "sequential" in config.modes:
