@@ -150,9 +150,9 @@ def _cell(entry: dict | None, metric: str) -> str:
 
 
 def _paper_table(name: str, first: str, rows: dict, columns: Sequence[str], number: int) -> Table:
-    label = lambda key: " / ".join(key) if isinstance(key, tuple) else key  # noqa: E731
+    labels = [" / ".join(key) if isinstance(key, tuple) else key for key in rows]
     return Table(name, f"Paper, Table {number} ({paper.CITATION}; Llama 3.2 1B)", [first, *columns],
-                 [[label(k), *(str(v) for v in values)] for k, values in rows.items()])
+                 [[label, *(str(v) for v in values)] for label, values in zip(labels, rows.values())])
 
 
 def _meta_by_task(runs: Sequence[Run]) -> dict[str, list[Run]]:
