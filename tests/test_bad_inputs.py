@@ -282,6 +282,19 @@ BAD = [
     Bad("demo-zero-batch", "demo --batch-size 0", r"'batch_size' must be positive"),
     Bad("demo-run-exists", "demo --runs-dir {runs} --name taken", r"runs/taken already exists",
         setup=existing_dir("runs/taken")),
+    Bad("multi-context-bad-mode", "multi-context --data {data} --model {model} --runs-dir {runs} --modes parallel",
+        "unknown mode 'parallel'"),
+    Bad("multi-context-group-too-big", "multi-context --data {data} --model {model} --runs-dir {runs} --sizes 16",
+        "a group of 16 contexts needs at least 16 triplets"),
+    Bad("controls-without-ft", "controls --data {data} --model {model} --runs-dir {runs} --settings nc,prompt",
+        "needs 'nc' and 'ft'"),
+    Bad("distract-too-many", "distract --data {data} --out {tmp}/d2 --distractors 20", "found only"),
+    Bad("transfer-no-target", "transfer --source {data} --model {model} --runs-dir {runs}",
+        "needs --source and --target"),
+    Bad("report-no-runs", "report {tmp}", "no meta-train, multi-context"),
+    Bad("reproduce-unknown-key", "reproduce --suite {tmp}/s.yaml", "unknown key 'colour'",
+        files={"s.yaml": "name: s\ncolour: red\nblocks: []\n"}),
+    Bad("reproduce-no-file", "reproduce --suite {tmp}/nope.yaml", "no such file"),
 ]
 
 

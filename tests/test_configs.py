@@ -20,5 +20,17 @@ def test_presets_build(preset, command):
     assert config is not None
 
 
+SUITES = ("suite-cpu.yaml", "suite-gpu-1b.yaml")
+
+
 def test_every_preset_is_listed():
-    assert {p.name for p in ROOT.glob("*.yaml")} == set(PRESETS)
+    assert {p.name for p in ROOT.glob("*.yaml")} == set(PRESETS) | set(SUITES)
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_suites_check(name):
+    from promptstep.suite import check_options, load_suite
+
+    suite = load_suite(ROOT / name)
+    check_options(suite)
+    assert suite.blocks and all(block.experiments for block in suite.blocks)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from promptstep import commands
+from promptstep import commands, experiments, suite, tables
 from promptstep.analysis import AnalyzeConfig, run_analyze
 from promptstep.config import build_config
 from promptstep.errors import InputError
@@ -21,6 +21,7 @@ class Command:
     run: Callable
     help: str
     positional: str | None = None
+    many: bool = False  # the positional takes any number of values
 
 
 COMMANDS: dict[str, Command] = {
@@ -31,6 +32,12 @@ COMMANDS: dict[str, Command] = {
     "meta-train": Command(commands.MetaTrainConfig, commands.run_meta_train, "meta-train the inner step"),
     "pretrain-tiny": Command(commands.PretrainTinyConfig, commands.run_pretrain_tiny, "pretrain the tiny model"),
     "analyze": Command(AnalyzeConfig, run_analyze, "ICL vs GD instruments"),
+    "multi-context": Command(experiments.MultiContextConfig, experiments.run_multi_context, "accuracy after N updates"),
+    "controls": Command(experiments.ControlsConfig, experiments.run_controls, "irrelevant context, 2x2 breakdown"),
+    "distract": Command(experiments.DistractConfig, experiments.run_distract, "multi-fact contexts with distractors"),
+    "transfer": Command(experiments.TransferConfig, experiments.run_transfer, "cross-dataset transfer (Table 3)"),
+    "report": Command(tables.ReportConfig, tables.run_report, "paper-style tables from runs", "runs", many=True),
+    "reproduce": Command(suite.ReproduceConfig, suite.run_reproduce, "run a YAML suite of the paper's experiments"),
 }
 
 
@@ -68,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         keys = ", ".join(f.name.replace("_", "-") for f in fields(command.config))
         p = sub.add_parser(name, help=command.help, description=f"{command.help}. Options: {keys}.")
         if command.positional:
-            p.add_argument(command.positional, nargs="?")
+            p.add_argument(command.positional, nargs="*" if command.many else "?")
         p.add_argument("--config", help="YAML preset; --key value options override it")
         p.add_argument("--threads", help="CPU threads for torch (default: all cores; split among --num-processes)")
     return parser

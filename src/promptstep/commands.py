@@ -377,7 +377,8 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
 
 
 def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer) -> tuple[Path, dict]:
-    from promptstep.meta import MetaTrainer, batches_for, eval_summary, run_training
+    from promptstep.lora import build_trainer
+    from promptstep.meta import batches_for, eval_summary, run_training
     from promptstep.models import check_second_order
     from promptstep.precision import check_precision, meta_step_context
     from promptstep.runs import trim_log
@@ -399,7 +400,7 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer) -> tuple[Pa
     reused_before = _reused_before(config) if config.before_from and not config.resume else None
     out = Path(config.runs_dir) / config.name
     procs.on_main(lambda: _open_meta_run(config, _disk_bytes_needed(model, config)))
-    trainer = MetaTrainer(model, tokenizer, config, processes=procs)  # LC: the teacher is a frozen copy now
+    trainer = build_trainer(model, tokenizer, config, processes=procs)  # LC: the teacher is a frozen copy now
     if config.resume:
         trainer.restore(out / "checkpoint")
         for log in ("train_log.jsonl", "eval_log.jsonl"):
@@ -433,10 +434,9 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer) -> tuple[Pa
     plot_settings({"before": before, "after": after}, out / "before_after.png",
                   f"meta-train ({config.objective}) {config.model}")
     plot_training(out / "train_log.jsonl", out / "training.png")
-    model.save_pretrained(out / "model", safe_serialization=True)
-    tokenizer.save_pretrained(out / "model")
+    saved = trainer.export(out)
     print(markdown_table({"before": before, "after": after}))
-    print(f"results in {out}; meta-trained model in {out / 'model'}")
+    print(f"results in {out}; meta-trained model in {saved}")
     return out, summary
 
 

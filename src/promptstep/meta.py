@@ -10,6 +10,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_
 from promptstep.updates import inner_step, select_parameters
 
 LM_SOURCES = ("prompt", "context")
+LORA_MODES = ("none", "inner", "outer")
 
 
 @dataclass
@@ -56,6 +58,12 @@ class MetaOptions:
     lm_source: str = "prompt"
     max_new_tokens: int = 16
     nan_patience: int = 3
+    inner_k: int = 1  # contexts per inner step; the outer batch splits into batch_size / inner_k groups
+    lora: str = "none"  # none | inner: a LoRA adapter is meta-learned and is what the inner step updates |
+    # outer: a rank-r LoRA update of the weights is meta-learned, the inner step is full rank on the merged weights
+    lora_rank: int | None = None  # default 8 for lora=inner, 1 for lora=outer (the paper's rank-1 outer update)
+    lora_alpha: float | None = None  # default = lora_rank (scaling 1)
+    lora_targets: str = "all-linear"  # PEFT target_modules: 'all-linear' or comma-separated module names
     precision: str = "fp32"
     grad_checkpointing: bool = False
 
@@ -67,6 +75,14 @@ class MetaOptions:
             raise InputError(f"unknown inner_rule '{self.inner_rule}' (choose from {', '.join(INNER_RULES)})")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
+        if self.lora not in LORA_MODES:
+            raise InputError(f"unknown lora '{self.lora}' (choose from {', '.join(LORA_MODES)})")
+        for key in ("lora_rank", "lora_alpha"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise InputError(f"config key '{key}' must be positive, got {getattr(self, key)}")
+        if self.inner_k < 1 or self.batch_size % self.inner_k:
+            raise InputError(f"inner_k must be >= 1 and divide batch_size (got inner_k={self.inner_k}, "
+                             f"batch_size={self.batch_size})")
         for key in ("outer_lr", "clip", "batch_size", "inner_steps", "max_new_tokens", "nan_patience"):
             if getattr(self, key) <= 0:
                 raise InputError(f"config key '{key}' must be positive, got {getattr(self, key)}")
@@ -156,47 +172,72 @@ class MetaTrainer:
             teacher_logp = answer_logprobs(self.teacher, None, example.teacher_ids, example.n_answer)
         return forward_kl(teacher_logp, student_logp)
 
-    def example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
-        """Outer loss of one example: target loss after the inner step, plus lambda * L_LM before it."""
-        with meta_step_context(self.model, self.options.precision, self.options.grad_checkpointing):
-            return self._example_loss(example)
+    def inner_start(self) -> dict[str, torch.Tensor]:
+        """The parameters the inner step starts from, as a differentiable function of the trained ones."""
+        return {name: self.params[name] for name in self.inner_names}
 
-    def _example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
+    def inner_scope(self) -> AbstractContextManager:
+        """The context in which the model runs with the inner step's parameters substituted."""
+        return nullcontext()
+
+    def eval_model(self) -> torch.nn.Module:
+        """The model that evaluation runs (FT steps on its trainable parameters matching `inner_params`)."""
+        return self.model
+
+    def export(self, out: Path) -> Path:
+        """Save the meta-trained model (a PEFT adapter for lora=inner) and tokenizer to `out/model`."""
+        self.model.save_pretrained(out / "model", safe_serialization=True)
+        self.tokenizer.save_pretrained(out / "model")
+        return out / "model"
+
+    def group_loss(self, group: Sequence[MetaExample]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed outer loss of a group: one inner step on all its contexts together (mean token loss), each
+        example's target loss after it, plus lambda * L_LM before it."""
+        with meta_step_context(self.model, self.options.precision, self.options.grad_checkpointing):
+            return self._group_loss(group)
+
+    def _group_loss(self, group: Sequence[MetaExample]) -> tuple[torch.Tensor, dict[str, float]]:
         opts = self.options
-        context = context_lm_batch(self.tokenizer, example, self.device)
-        inner = {name: self.params[name] for name in self.inner_names}
-        adapted = inner_step(self.model, inner, context, lr=opts.inner_lr, steps=opts.inner_steps,
-                             first_order=opts.first_order, differentiable=True,
-                             gradients=INNER_RULES[opts.inner_rule])
-        student = answer_logprobs(self.model, adapted, example.student_ids, example.n_answer)
-        target = self._target_loss(student, example)
+        context = context_lm_batch(self.tokenizer, group, self.device)
+        start = self.inner_start()  # before the scope: PEFT's disable_adapter() also stops the adapter's grads
+        with self.inner_scope():
+            adapted = inner_step(self.model, start, context, lr=opts.inner_lr, steps=opts.inner_steps,
+                                 first_order=opts.first_order, differentiable=True,
+                                 gradients=INNER_RULES[opts.inner_rule])
+            target = sum(self._target_loss(answer_logprobs(self.model, adapted, e.student_ids, e.n_answer), e)
+                         for e in group)
         parts = {"target": target.item()}
         total = target
         if opts.lm_weight > 0:
             if opts.lm_source == "context":
-                reg = self.model(**context, use_cache=False).loss
+                reg = self.model(**context, use_cache=False).loss * len(group)
             else:
-                prompted = answer_logprobs(self.model, None, example.teacher_ids, example.n_answer)
-                reg = self._target_loss(prompted, example)
+                reg = sum(self._target_loss(answer_logprobs(self.model, None, e.teacher_ids, e.n_answer), e)
+                          for e in group)
             parts["lm"] = reg.item()
             total = total + opts.lm_weight * reg
         return total, parts
+
+    def example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
+        """Outer loss of one example: target loss after the inner step on its context, plus lambda * L_LM."""
+        return self.group_loss([example])
 
     # -------------------------------------------------------------- outer step
 
     def accumulate(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    total: int | None = None) -> dict[str, float]:
-        """Add the gradient of the mean outer loss of `batch` into `.grad`, one example at a time.
+        """Add the gradient of the mean outer loss of `batch` into `.grad`, one group of `inner_k` examples at once.
 
         `total` is the size of the whole batch when `batch` is one process's share of it (the mean is over all).
         """
         total = total or len(batch)
         sums: dict[str, float] = {}
-        for example in batch:
-            loss, parts = self.example_loss(example)
+        k = self.options.inner_k
+        for start in range(0, len(batch), k):
+            loss, parts = self.group_loss(batch[start : start + k])
             if inject is not None:
                 loss = inject(loss)
-            (loss / total).backward()
+            (loss / total).backward(inputs=list(self.params.values()))
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value / total
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / total
@@ -211,7 +252,9 @@ class MetaTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         params = list(self.params.values())
         try:
-            sums = self.accumulate(self.processes.share(batch), inject, total=len(batch))
+            k = self.options.inner_k  # processes share whole groups of inner_k examples
+            mine = self.processes.share([batch[i : i + k] for i in range(0, len(batch), k)])
+            sums = self.accumulate([e for group in mine for e in group], inject, total=len(batch))
         except FloatingPointError:  # the inner loss itself was not finite
             sums = {"loss": float("nan")}
         sums = self.processes.reduce(params, sums)
@@ -279,7 +322,7 @@ def eval_summary(trainer: MetaTrainer, triplets: Sequence[Triplet], progress: bo
     options = EvalOptions(lrs=(opts.inner_lr,), steps=opts.inner_steps, param_filter=opts.inner_params,
                           max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt,
                           gradients=INNER_RULES[opts.inner_rule])
-    records = evaluate(trainer.model, trainer.tokenizer, triplets, options, progress=progress)
+    records = evaluate(trainer.eval_model(), trainer.tokenizer, triplets, options, progress=progress)
     return {"summary": summarize(records), "records": records}
 
 

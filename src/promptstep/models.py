@@ -97,7 +97,14 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, object]:
-    """Load `(model, tokenizer)` in eval mode with a pad token set; weights only from safetensors."""
+    """Load `(model, tokenizer)` in eval mode with a pad token set; weights only from safetensors.
+
+    A directory holding a PEFT adapter loads its base model with the adapter on top (see lora.py)."""
+    if (Path(spec).expanduser() / "adapter_config.json").is_file():
+        from promptstep.lora import load_adapter_model
+
+        return load_adapter_model(Path(spec).expanduser(), dtype=dtype, attn_implementation=attn_implementation,
+                                  device=device, trust_remote_code=trust_remote_code)
     path = resolve_model_path(spec)
     hf_logging.disable_progress_bar()
     try:

@@ -78,6 +78,6 @@ def gold_nll(student_logp: torch.Tensor, answer_ids: Sequence[int]) -> torch.Ten
     return -student_logp.gather(1, target[:, None]).sum()
 
 
-def context_lm_batch(tokenizer, example: MetaExample, device: torch.device) -> dict[str, torch.Tensor]:
-    """The LM batch (with labels) of the example's context, on `device`."""
-    return to_device(lm_batch([example.context_ids], tokenizer.pad_token_id), device)
+def context_lm_batch(tokenizer, examples: Sequence[MetaExample], device: torch.device) -> dict[str, torch.Tensor]:
+    """The LM batch (with labels, right-padded) of the examples' contexts, on `device`."""
+    return to_device(lm_batch([e.context_ids for e in examples], tokenizer.pad_token_id), device)

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 TABLE_METRICS = (("em", "EM %"), ("starts", "starts %"), ("tok_acc", "tok acc %"), ("nll", "NLL/tok"))
 
 
-def _cell(entry: dict[str, float], metric: str) -> str:
+def format_cell(entry: dict[str, float], metric: str) -> str:
+    """'mean ± SE' of one metric of a summary entry, in % except for NLL."""
     scale = 1.0 if metric == "nll" else 100.0
     return f"{entry[metric] * scale:.1f} ± {entry[metric + '_se'] * scale:.1f}"
 
@@ -23,7 +24,7 @@ def markdown_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [header, "|" + "---|" * (3 + len(TABLE_METRICS))]
     for label, summary in summaries.items():
         for setting, entry in summary.items():
-            cells = " | ".join(_cell(entry, metric) for metric, _ in TABLE_METRICS)
+            cells = " | ".join(format_cell(entry, metric) for metric, _ in TABLE_METRICS)
             lines.append(f"| {label} | {setting} | {int(entry['n'])} | {cells} |")
     return "\n".join(lines)
 

@@ -20,9 +20,10 @@ ParamDict = dict[str, torch.Tensor]
 GradientFn = Callable[[torch.nn.Module, ParamDict, dict[str, torch.Tensor], bool], ParamDict]
 
 
-def select_parameters(model: torch.nn.Module, pattern: str | None = None) -> ParamDict:
-    """The model's trainable parameters whose names match `pattern` (a regex searched in the name; all if None)."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+def select_parameters(model: torch.nn.Module, pattern: str | None = None, include_frozen: bool = False) -> ParamDict:
+    """The model's trainable (or, with `include_frozen`, all) parameters whose names match `pattern` (a regex
+    searched in the name; all if None)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad or include_frozen}
     if pattern:
         try:
             regex = re.compile(pattern)

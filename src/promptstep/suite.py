@@ -1,0 +1,395 @@
+"""`promptstep reproduce --suite FILE`: the paper's experiments end to end, as described by a YAML suite.
+
+A suite has blocks; a block is one model with its tasks, budgets and experiments:
+
+    name: suite-cpu                   # everything goes to <runs_dir>/<name>/
+    runs_dir: runs
+    metric: tok_acc                   # the report's metric (tok_acc | em | starts)
+    blocks:
+      - name: tiny
+        model: tiny
+        tasks:                        # {generate: TASK, <`data` options>}, {distract: TASK, <`distract` options>}
+          character: {generate: character, n_train: 600, n_test: 100}      # or {data: DIR}
+          character-d2: {distract: character, distractors: 2}             # the fact + 2 other facts
+        prepare: null                 # or `prepare` options (n_examples, steps, batch_size, lr, nc_weight)
+        meta: {inner_lr: 0.1, ...}    # `meta-train` options shared by every meta-training run of the block
+        experiments:                  # any of these; each may override `meta` with its own `meta:` mapping
+          figure2:  {tasks: [character], objectives: [lc, lg]}
+          lora:     {tasks: [character], modes: {outer: {}, inner: {inner_lr: 3.0}}, objective: lg}
+          multi:    {tasks: [character], inner_ks: [1, 4, 16], meta: {batch_size: 16}, eval: {n_groups: 10}}
+          controls: {tasks: [character], objective: lg, train_n: 50, base_model: true}
+          transfer: {source: reversal, target: character, objective: lg}
+          cross:    {pairs: [[character, character-d2]], objective: lg}   # a model trained on one, tested on another
+
+Each step is an ordinary run directory (meta-train, multi-context, controls, transfer); a step whose run is
+complete is reused with `--resume true` (an interrupted meta-train run resumes from its checkpoint), then
+`report` writes the paper-style tables and Figure 2 to <suite>/report/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from promptstep.commands import (
+    DataConfig,
+    EvalConfig,
+    MetaTrainConfig,
+    PrepareConfig,
+    run_data,
+    run_eval,
+    run_meta_train,
+    run_prepare,
+)
+from promptstep.config import build_config, read_yaml
+from promptstep.errors import InputError
+from promptstep.experiments import (
+    ControlsConfig,
+    DistractConfig,
+    MultiContextConfig,
+    TransferConfig,
+    run_controls,
+    run_distract,
+    run_multi_context,
+    run_transfer,
+)
+from promptstep.tables import METRICS, ReportConfig, run_report
+
+EXPERIMENT_KEYS = {
+    "figure2": {"tasks", "objectives", "meta"},
+    "lora": {"tasks", "modes", "objective", "meta"},
+    "multi": {"tasks", "inner_ks", "objective", "meta", "eval"},
+    "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed", "base_model"},
+    "cross": {"pairs", "objective", "meta"},
+    "transfer": {"source", "target", "objective", "meta", "modes", "joint_weight", "prep_examples", "prep_steps",
+                 "prep_batch_size", "prep_lr", "prep_nc_weight"},
+}
+MULTI_KS = [1, 4, 16]
+CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed")
+BLOCK_KEYS = {"name", "model", "tasks", "prepare", "meta", "experiments"}
+SUITE_KEYS = {"name", "runs_dir", "metric", "blocks"}
+TASK_SOURCES = ("generate", "data", "distract")
+
+
+def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(value).__name__}")
+    unknown = set(value) - allowed if allowed is not None else set()
+    if unknown:
+        raise InputError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(allowed))})")
+    return value
+
+
+@dataclass
+class Block:
+    """One model with its tasks, budgets and experiments (see the module docstring)."""
+
+    name: str
+    model: str
+    tasks: dict[str, dict]
+    prepare: dict | None
+    meta: dict
+    experiments: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    name: str
+    runs_dir: str
+    metric: str
+    blocks: list[Block]
+
+    @property
+    def root(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and check a suite file: structure, keys, task references (option values are checked per step)."""
+    where = str(path)
+    raw = _mapping(read_yaml(path), where, SUITE_KEYS)
+    metric = raw.get("metric", "tok_acc")
+    if metric not in METRICS:
+        raise InputError(f"{where}: unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    blocks = []
+    for i, entry in enumerate(raw.get("blocks") or []):
+        spot = f"{where}: blocks[{i}]"
+        entry = _mapping(entry, spot, BLOCK_KEYS)
+        for key in ("name", "model", "tasks"):
+            if not entry.get(key):
+                raise InputError(f"{spot}: missing '{key}'")
+        tasks = {name: _mapping(spec, f"{spot}.tasks.{name}") for name, spec in entry["tasks"].items()}
+        for name, spec in tasks.items():
+            sources = [key for key in TASK_SOURCES if key in spec]
+            if len(sources) != 1 or ("data" in spec and len(spec) > 1):
+                raise InputError(f"{spot}.tasks.{name}: give one of 'generate' (with `data` command options), "
+                                 "'distract' (another task, with `distract` options) or only 'data'")
+            if "distract" in spec and spec["distract"] not in entry["tasks"]:
+                raise InputError(f"{spot}.tasks.{name}: distract names an unknown task '{spec['distract']}'")
+        experiments = _mapping(entry.get("experiments"), f"{spot}.experiments", set(EXPERIMENT_KEYS))
+        experiments = {k: _mapping(v, f"{spot}.experiments.{k}", EXPERIMENT_KEYS[k]) for k, v in experiments.items()}
+        for kind, spec in experiments.items():
+            named = list(spec.get("tasks", [])) + [spec[k] for k in ("source", "target") if k in spec]
+            named += [task for pair in spec.get("pairs", []) for task in pair]
+            for task in named:
+                if task not in tasks:
+                    raise InputError(f"{spot}.experiments.{kind}: unknown task '{task}' (tasks: {', '.join(tasks)})")
+        prepare = entry.get("prepare")
+        blocks.append(Block(str(entry["name"]), str(entry["model"]), tasks,
+                            None if prepare is None else _mapping(prepare, f"{spot}.prepare"),
+                            _mapping(entry.get("meta"), f"{spot}.meta"), experiments))
+    if not blocks:
+        raise InputError(f"{where}: no blocks")
+    return Suite(str(raw.get("name") or Path(path).stem), str(raw.get("runs_dir", "runs")), metric, blocks)
+
+
+def lora_modes(spec: dict) -> dict[str, dict]:
+    """The lora experiment's modes with their own meta overrides: `modes: [outer, inner]` or a mapping
+    `modes: {outer: {}, inner: {inner_lr: 3.0}}`."""
+    modes = spec.get("modes", ["outer", "inner"])
+    return {str(m): {} for m in modes} if isinstance(modes, list) else {str(m): dict(v or {}) for m, v in modes.items()}
+
+
+def data_options(spec: dict) -> dict:
+    """The `data` command options of a generated task: {generate: TASK, n_train: ...} -> {task: TASK, ...}."""
+    return {"task": spec["generate"], **{k: v for k, v in spec.items() if k != "generate"}}
+
+
+def distract_options(spec: dict) -> dict:
+    """The `distract` command options of a multi-fact task: {distract: TASK, distractors: 2} -> {distractors: 2}."""
+    return {k: v for k, v in spec.items() if k != "distract"}
+
+
+def check_options(suite: Suite) -> None:
+    """Build every step's config with placeholder paths, so a bad option fails before anything runs."""
+    for block in suite.blocks:
+        try:
+            for spec in block.tasks.values():
+                if "generate" in spec:
+                    build_config(DataConfig, None, data_options(spec) | {"out": "-"})
+                if "distract" in spec:
+                    build_config(DistractConfig, None, distract_options(spec) | {"data": "-", "out": "-"})
+            if block.prepare is not None:
+                build_config(PrepareConfig, None, {**block.prepare, "data": "-"})
+            for kind, spec in block.experiments.items():
+                meta = {**block.meta, **(spec.get("meta") or {}), "data": "-"}
+                build_config(MetaTrainConfig, None, meta)
+                if kind == "lora":
+                    for mode, mode_meta in lora_modes(spec).items():
+                        build_config(MetaTrainConfig, None, {**meta, **mode_meta, "lora": mode})
+                if kind == "multi":
+                    for k in spec.get("inner_ks", MULTI_KS):
+                        build_config(MetaTrainConfig, None, {**meta, "inner_k": k})
+                    build_config(MultiContextConfig, None, {**(spec.get("eval") or {}), "data": "-"})
+                if kind == "controls":
+                    build_config(ControlsConfig, None, {k: v for k, v in spec.items() if k in CONTROLS_KEYS}
+                                 | {"data": "-"})
+                if kind == "transfer":
+                    known = {f.name for f in fields(TransferConfig)}
+                    build_config(TransferConfig, None, {k: v for k, v in {**meta, **spec}.items() if k in known}
+                                 | {"source": "-", "target": "-"})
+        except InputError as err:
+            raise InputError(f"suite block '{block.name}': {err}") from None
+
+
+def _done(path: Path) -> bool:
+    return (path / "summary.json").is_file() or (path / "meta.json").is_file()
+
+
+class BlockRunner:
+    """Runs a block's steps in dependency order, each once (reusing a finished run directory)."""
+
+    def __init__(self, block: Block, root: Path, log: list[dict]) -> None:
+        self.block, self.dir, self.log = block, root / block.name, log
+        self.seen: set[Path] = set()  # finished runs already reported
+
+    def _step(self, path: Path, run) -> Path:
+        """Run `run(rerun)` unless `path` holds a finished run; rerun = 'resume' | 'overwrite' | None."""
+        if _done(path):
+            if path not in self.seen:
+                print(f"[reproduce] reusing {path}", flush=True)
+                self.seen.add(path)
+            return path
+        rerun = None
+        if path.exists():
+            rerun = "resume" if (path / "checkpoint").is_dir() else "overwrite"
+        print(f"[reproduce] {path}" + (f" ({rerun})" if rerun else ""), flush=True)
+        started = time.time()
+        run(rerun)
+        self.seen.add(path)
+        self.log.append({"step": str(path), "wall_s": round(time.time() - started, 1)})
+        return path
+
+    def data(self, task: str) -> str:
+        spec = self.block.tasks[task]
+        if "data" in spec:
+            return str(spec["data"])
+        out = self.dir / "data" / task
+        if "distract" in spec:
+            values = distract_options(spec) | {"data": self.data(spec["distract"]), "out": str(out), "overwrite": True}
+            config = build_config(DistractConfig, None, values)
+            self._step(out, lambda _: run_distract(config))
+            return str(out)
+        config = build_config(DataConfig, None, data_options(spec) | {"out": str(out), "overwrite": True})
+        self._step(out, lambda _: run_data(config))
+        return str(out)
+
+    def base(self, task: str) -> str:
+        """The model every experiment on `task` starts from: the block's model, format-prepared if asked."""
+        if self.block.prepare is None:
+            return self.block.model
+        name = f"prepare-{task}"
+        values = {**self.block.prepare, "model": self.block.model, "data": self.data(task), "name": name,
+                  "runs_dir": str(self.dir), "overwrite": True}
+        config = build_config(PrepareConfig, None, values)
+        self._step(self.dir / name, lambda _: run_prepare(config))
+        return str(self.dir / name / "model")
+
+    def meta(self, task: str, objective: str, lora: str = "none", inner_k: int = 1, overrides: dict | None = None,
+             before_from: Path | None = None, name: str | None = None) -> Path:
+        """A meta-train run (made if missing), by default meta-OBJECTIVE-TASK: the one figure2, controls and
+        transfer share."""
+        name = name or f"meta-{objective}-{task}"
+        path = self.dir / name
+        values = {"checkpoint_every": 0, **self.block.meta, **(overrides or {}), "model": self.base(task),
+                  "data": self.data(task), "objective": objective, "lora": lora, "inner_k": inner_k, "name": name,
+                  "runs_dir": str(self.dir)}
+        if before_from is not None and _done(before_from):
+            values["before_from"] = str(before_from)
+
+        def run(rerun):
+            config = build_config(MetaTrainConfig, None, {**values, "resume": rerun == "resume",
+                                                          "overwrite": rerun == "overwrite"})
+            run_meta_train(config)
+
+        return self._step(path, run)
+
+    def _meta_defaults(self) -> dict:
+        meta = build_config(MetaTrainConfig, None, {**self.block.meta, "data": "-"})
+        return {"lr": meta.inner_lr, "max_new_tokens": meta.max_new_tokens, "eval_n": meta.eval_n}
+
+    def figure2(self, spec: dict) -> None:
+        for task in spec.get("tasks", list(self.block.tasks)):
+            first = None
+            for objective in spec.get("objectives", ["lc", "lg"]):
+                run = self.meta(task, objective, overrides=spec.get("meta"), before_from=first)
+                first = first or run
+
+    def lora(self, spec: dict) -> None:
+        for task in spec.get("tasks", list(self.block.tasks)):
+            for mode, mode_meta in lora_modes(spec).items():
+                self.meta(task, spec.get("objective", "lg"), lora=mode, overrides={**spec.get("meta", {}), **mode_meta},
+                          name=f"lora-{mode}-{task}")
+
+    def multi(self, spec: dict) -> None:
+        objective = spec.get("objective", "lg")
+        defaults = self._meta_defaults()
+        for task in spec.get("tasks", list(self.block.tasks)):
+            models = {"base": self.base(task)}
+            for k in spec.get("inner_ks", MULTI_KS):
+                run = self.meta(task, objective, inner_k=k, overrides=spec.get("meta"), name=f"multi-k{k}-{task}")
+                models[f"k{k}"] = str(run / "model")
+            for label, model in models.items():
+                name = f"multi-eval-{label}-{task}"
+                values = {"lr": defaults["lr"], "max_new_tokens": defaults["max_new_tokens"],
+                          **(spec.get("eval") or {}), "model": model, "data": self.data(task), "name": name,
+                          "runs_dir": str(self.dir), "overwrite": True}
+                config = build_config(MultiContextConfig, None, values)
+                self._step(self.dir / name, lambda _, c=config: run_multi_context(c))
+
+    def controls(self, spec: dict) -> None:
+        defaults = self._meta_defaults()
+        extra = {k: v for k, v in spec.items() if k in CONTROLS_KEYS}
+        for task in spec.get("tasks", list(self.block.tasks)):
+            models = {"": str(self.meta(task, spec.get("objective", "lg"), overrides=spec.get("meta")) / "model")}
+            if spec.get("base_model"):  # the same controls on the model meta-training starts from
+                models["base-"] = self.base(task)
+            for prefix, model in models.items():
+                name = f"controls-{prefix}{task}"
+                values = {"lrs": [defaults["lr"]], "max_new_tokens": defaults["max_new_tokens"],
+                          "limit": defaults["eval_n"], **extra, "model": model, "data": self.data(task),
+                          "base": self.base(task), "name": name, "runs_dir": str(self.dir), "overwrite": True}
+                config = build_config(ControlsConfig, None, values)
+                self._step(self.dir / name, lambda _, c=config: run_controls(c))
+
+    def cross(self, spec: dict) -> None:
+        """FT of the model meta-trained on one task, evaluated on another task's test set."""
+        defaults = self._meta_defaults()
+        objective = spec.get("objective", "lg")
+        for train_task, eval_task in spec.get("pairs", []):
+            model = self.meta(train_task, objective, overrides=spec.get("meta")) / "model"
+            name = f"cross-{objective}-{train_task}-on-{eval_task}"
+            values = {"lrs": [defaults["lr"]], "max_new_tokens": defaults["max_new_tokens"],
+                      "limit": defaults["eval_n"], "model": str(model), "data": self.data(eval_task), "name": name,
+                      "runs_dir": str(self.dir), "overwrite": True}
+            config = build_config(EvalConfig, None, values)
+            self._step(self.dir / name, lambda _, c=config: run_eval(c))
+
+    def transfer(self, spec: dict) -> None:
+        source, target = spec["source"], spec["target"]
+        objective = spec.get("objective", "lg")
+        source_run = self.meta(source, objective, overrides=spec.get("meta"))
+        target_run = self.meta(target, objective, overrides=spec.get("meta"))
+        name = f"transfer-{source}-to-{target}"
+        extra = {k: v for k, v in spec.items() if k not in ("source", "target", "meta")}
+        values = {**self.block.meta, **(spec.get("meta") or {}), **extra, "objective": objective,
+                  "model": self.base(source), "source": self.data(source), "target": self.data(target),
+                  "source_model": str(source_run / "model"), "target_run": str(target_run), "name": name,
+                  "runs_dir": str(self.dir), "overwrite": True}
+        known = {f.name for f in fields(TransferConfig)}  # drop meta-train-only keys (checkpoint_every, ...)
+        config = build_config(TransferConfig, None, {k: v for k, v in values.items() if k in known})
+        self._step(self.dir / name, lambda _: run_transfer(config))
+
+    def run(self) -> None:
+        for kind in EXPERIMENT_KEYS:  # a fixed order: later experiments reuse earlier runs
+            if kind in self.block.experiments:
+                getattr(self, kind)(self.block.experiments[kind])
+
+
+@dataclass
+class ReproduceConfig:
+    """`promptstep reproduce --suite FILE`: run a YAML-described suite end to end, then its report."""
+
+    suite: str = ""
+    only: tuple[str, ...] = ()
+    resume: bool = False
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not self.suite:
+            raise InputError("reproduce needs --suite FILE (e.g. configs/suite-cpu.yaml)")
+        if self.resume and self.overwrite:
+            raise InputError("choose one of --resume and --overwrite")
+
+
+def run_reproduce(config: ReproduceConfig) -> Path:
+    suite = load_suite(config.suite)
+    check_options(suite)
+    blocks = [b for b in suite.blocks if not config.only or b.name in config.only]
+    unknown = set(config.only) - {b.name for b in suite.blocks}
+    if unknown:
+        raise InputError(f"--only: no block named '{sorted(unknown)[0]}' in {config.suite}")
+    root = suite.root
+    if root.exists() and not config.resume:
+        if not config.overwrite:
+            raise InputError(f"{root} already exists; pass --resume true to continue it or --overwrite true")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config.suite, root / "suite.yaml")
+    log: list[dict] = []
+    started = time.time()
+    for block in blocks:
+        BlockRunner(block, root, log).run()
+    with (root / "timings.jsonl").open("a", encoding="utf-8") as handle:
+        for row in log:
+            handle.write(json.dumps(row) + "\n")
+    total = round(time.time() - started, 1)
+    out = run_report(ReportConfig(runs=(str(root),), out=str(root / "report"), metric=suite.metric, overwrite=True))
+    print(f"[reproduce] {len(log)} steps in {total / 60:.1f} min; report in {out / 'report.md'}")
+    return out
