@@ -72,3 +72,23 @@ def saved_gpt2(tmp_path_factory, tokenizer) -> str:
 def saved_gpt2_256(tmp_path_factory, tokenizer) -> str:
     """A random GPT-2 with a 256-token window, saved with its tokenizer."""
     return _save(tmp_path_factory.mktemp("gpt2_256"), make_gpt2(len(tokenizer)), tokenizer)
+
+
+def directional_derivatives(trainer, loss_fn, eps: float = 1e-5) -> tuple[float, float]:
+    """(autograd, central finite difference) derivative of `loss_fn()` along a seeded random direction of the
+    trainer's outer parameters; the parameters are left as they were."""
+    trainer.optimizer.zero_grad()
+    loss_fn().backward()
+    torch.manual_seed(0)
+    direction = {n: torch.randn_like(p) for n, p in trainer.params.items()}
+    analytic = sum((p.grad * direction[n]).sum() for n, p in trainer.params.items()).item()
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            for n, p in trainer.params.items():
+                p.add_(sign * eps * direction[n])
+        values.append(loss_fn().item())
+        with torch.no_grad():
+            for n, p in trainer.params.items():
+                p.sub_(sign * eps * direction[n])
+    return analytic, (values[0] - values[1]) / (2 * eps)

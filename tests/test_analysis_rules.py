@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import make_gpt2, make_llama
+from conftest import directional_derivatives, make_gpt2, make_llama
 from promptstep.analysis.hooks import anatomy_of
 from promptstep.analysis.rules import finetune, layer_causal_gradients, layer_losses, masked, trainable
 from promptstep.data.triplets import Triplet
@@ -148,23 +148,11 @@ def test_lcgd_meta_gradient_matches_directional_finite_difference(tokenizer):
     model = make_gpt2(len(tokenizer), seed=5).double()
     trainer = MetaTrainer(model, tokenizer, MetaOptions(objective="lg", inner_rule="lcgd", inner_lr=0.5))
     example = build_example(tokenizer, TRIPLET, Format())
-    trainer.optimizer.zero_grad()
-    trainer.example_loss(example)[0].backward()
-    torch.manual_seed(0)
-    direction = {n: torch.randn_like(p) for n, p in trainer.params.items()}
-    analytic = sum((p.grad * direction[n]).sum() for n, p in trainer.params.items()).item()
-    eps, values = 1e-5, []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.add_(sign * eps * direction[n])
-        values.append(trainer.example_loss(example)[0].item())
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.sub_(sign * eps * direction[n])
-    assert analytic == pytest.approx((values[0] - values[1]) / (2 * eps), rel=1e-5)
+    analytic, numeric = directional_derivatives(trainer, lambda: trainer.example_loss(example)[0])
+    assert analytic == pytest.approx(numeric, rel=1e-5)
     sgd = MetaTrainer(model, tokenizer, MetaOptions(objective="lg", inner_rule="sgd", inner_lr=0.5))
-    assert abs(sgd.example_loss(example)[0].item() - values[0]) > 1e-4  # the rule is really routed
+    lcgd_loss = trainer.example_loss(example)[0].item()
+    assert abs(sgd.example_loss(example)[0].item() - lcgd_loss) > 1e-4  # the rule is really routed
 
 
 def test_unknown_inner_rule_is_an_input_error():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from conftest import make_gpt2, make_llama
+from conftest import directional_derivatives, make_gpt2, make_llama
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Format
 from promptstep.lora import OuterLoraTrainer, build_trainer
@@ -123,22 +123,8 @@ def test_lora_meta_gradient_matches_directional_finite_difference(tokenizer, lor
     _randomise_b(trainer)
     gold = _examples(tokenizer)[0]
     example = gold if objective == "lg" else build_example(tokenizer, TRIPLETS[0], Format(), gold.answer_ids)
-    trainer.optimizer.zero_grad()
-    trainer.example_loss(example)[0].backward()
-    torch.manual_seed(0)
-    direction = {n: torch.randn_like(p) for n, p in trainer.params.items()}
-    analytic = sum((p.grad * direction[n]).sum() for n, p in trainer.params.items()).item()
-    eps = 1e-5
-    values = []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.add_(sign * eps * direction[n])
-        values.append(trainer.example_loss(example)[0].item())
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.sub_(sign * eps * direction[n])
-    assert analytic == pytest.approx((values[0] - values[1]) / (2 * eps), rel=1e-5)
+    analytic, numeric = directional_derivatives(trainer, lambda: trainer.example_loss(example)[0])
+    assert analytic == pytest.approx(numeric, rel=1e-5)
 
 
 def test_adapters_are_saved_in_peft_format_and_load_back(tokenizer, saved_gpt2_256, tmp_path):

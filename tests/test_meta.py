@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import make_gpt2, make_llama
+from conftest import directional_derivatives, make_gpt2, make_llama
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.meta import MetaOptions, MetaTrainer, batches_for
@@ -49,22 +49,7 @@ def test_meta_gradient_matches_directional_finite_difference(tokenizer, objectiv
     teacher = make_gpt2(len(tokenizer), seed=2).double()
     trainer = _trainer(model, tokenizer, objective, teacher=teacher)
     (example,) = _examples(tokenizer, objective)[:1]
-    trainer.optimizer.zero_grad()
-    _loss_at(trainer, example).backward()
-    torch.manual_seed(0)
-    direction = {n: torch.randn_like(p) for n, p in trainer.params.items()}
-    analytic = sum((p.grad * direction[n]).sum() for n, p in trainer.params.items()).item()
-    eps = 1e-5
-    values = []
-    for sign in (1, -1):
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.add_(sign * eps * direction[n])
-        values.append(_loss_at(trainer, example).item())
-        with torch.no_grad():
-            for n, p in trainer.params.items():
-                p.sub_(sign * eps * direction[n])
-    numeric = (values[0] - values[1]) / (2 * eps)
+    analytic, numeric = directional_derivatives(trainer, lambda: _loss_at(trainer, example))
     assert analytic == pytest.approx(numeric, rel=1e-5)
 
 
