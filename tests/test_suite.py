@@ -51,13 +51,13 @@ def test_reproduce_runs_every_experiment_and_reports_paper_tables(saved_gpt2_256
             "controls-character", "controls-base-character", "meta-lg-reversal", "transfer-reversal-to-character",
             "cross-lg-character-on-character-d1"} <= runs
     assert len(load_triplets(root / "small" / "data" / "character-d1" / "test.jsonl")) == 8
-    report = (root / "report" / "report.md").read_text()
+    report = (root / "report" / "small" / "report.md").read_text()
     for title in ("Figure 2", "Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Meta-trained models on"):
         assert f"## {title}" in report
     assert "| SQuAD | 87.7 | 47.3 | 58.6 | 59.4 | 45.1 | 72.0 |" in report  # the paper's Table 1 beside ours
     assert "meta-lg-character` (also found: `multi-k1-character`)" in report  # which run fills the LG slot
-    assert (root / "report" / "figure2.png").stat().st_size > 1000
-    table2 = (root / "report" / "table2.csv").read_text().splitlines()
+    assert (root / "report" / "small" / "figure2.png").stat().st_size > 1000
+    table2 = (root / "report" / "small" / "table2.csv").read_text().splitlines()
     assert table2[0] == "task,model,1,sequential@4,batched@4" and len(table2) == 4  # base, k=1, k=4
     lora_inner = json.loads((root / "small" / "lora-inner-character" / "summary.json").read_text())
     lg = json.loads((root / "small" / "meta-lg-character" / "summary.json").read_text())

@@ -23,7 +23,7 @@ A suite has blocks; a block is one model with its tasks, budgets and experiments
 
 Each step is an ordinary run directory (meta-train, multi-context, controls, transfer); a step whose run is
 complete is reused with `--resume true` (an interrupted meta-train run resumes from its checkpoint), then
-`report` writes the paper-style tables and Figure 2 to <suite>/report/.
+`report` writes the paper-style tables and Figure 2 of each block to <suite>/report/<block>/.
 """
 
 from __future__ import annotations
@@ -390,6 +390,10 @@ def run_reproduce(config: ReproduceConfig) -> Path:
         for row in log:
             handle.write(json.dumps(row) + "\n")
     total = round(time.time() - started, 1)
-    out = run_report(ReportConfig(runs=(str(root),), out=str(root / "report"), metric=suite.metric, overwrite=True))
-    print(f"[reproduce] {len(log)} steps in {total / 60:.1f} min; report in {out / 'report.md'}")
-    return out
+    # One report per block: tables match runs by task and objective, so two models must not share one.
+    for block in suite.blocks:
+        if (root / block.name).is_dir():
+            run_report(ReportConfig(runs=(str(root / block.name),), out=str(root / "report" / block.name),
+                                      metric=suite.metric, overwrite=True))
+    print(f"[reproduce] {len(log)} steps in {total / 60:.1f} min; reports in {root / 'report'}/<block>/")
+    return root / "report"
