@@ -92,3 +92,12 @@ def directional_derivatives(trainer, loss_fn, eps: float = 1e-5) -> tuple[float,
             for n, p in trainer.params.items():
                 p.sub_(sign * eps * direction[n])
     return analytic, (values[0] - values[1]) / (2 * eps)
+
+
+def character_dataset(tmp_path_factory, n_train: int, n_test: int = 4) -> str:
+    """A small Character Description dataset written by `promptstep data` into a fresh temporary directory."""
+    from promptstep.cli import main
+
+    out = tmp_path_factory.mktemp("data") / "character"
+    assert main(["data", "character", "--out", str(out), "--n-train", str(n_train), "--n-test", str(n_test)]) == 0
+    return str(out)

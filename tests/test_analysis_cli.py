@@ -6,6 +6,7 @@ import json
 import pytest
 import yaml
 
+from conftest import character_dataset
 from promptstep.cli import main
 
 MR = ["analyze", "--models", "tiny", "--n-test", "3", "--n-demos", "2", "--lr", "0.1"]
@@ -13,9 +14,7 @@ MR = ["analyze", "--models", "tiny", "--n-test", "3", "--n-demos", "2", "--lr", 
 
 @pytest.fixture(scope="module")
 def character(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "character"
-    assert main(["data", "character", "--out", str(out), "--n-train", "4", "--n-test", "3"]) == 0
-    return str(out)
+    return character_dataset(tmp_path_factory, 4, 3)
 
 
 def test_mr_run_writes_every_output(tmp_path):

@@ -30,7 +30,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from conftest import make_gpt2, make_llama
+from conftest import character_dataset, make_gpt2, make_llama
 from promptstep import runs
 from promptstep.checkpoints import save_checkpoint
 from promptstep.cli import main
@@ -306,9 +306,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("data") / "character"
-    assert main(["data", "character", "--out", str(out), "--n-train", "12", "--n-test", "4"]) == 0
-    return str(out)
+    return character_dataset(tmp_path_factory, 12)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from conftest import character_dataset
 from promptstep.cli import main
 from promptstep.distributed import Processes, resolve_device, spawn
 from promptstep.errors import InputError
@@ -17,9 +18,7 @@ needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "character"
-    assert main(["data", "character", "--out", str(out), "--n-train", "12", "--n-test", "4"]) == 0
-    return str(out)
+    return character_dataset(tmp_path_factory, 12)
 
 
 def _args(dataset, model, runs, name, *extra):

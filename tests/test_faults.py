@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_gpt2
+from conftest import character_dataset, make_gpt2
 from promptstep import checkpoints
 from promptstep.checkpoints import load_checkpoint, save_checkpoint
 from promptstep.cli import main
@@ -28,9 +28,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "character"
-    assert main(["data", "character", "--out", str(out), "--n-train", "24", "--n-test", "4"]) == 0
-    return str(out)
+    return character_dataset(tmp_path_factory, 24)
 
 
 def _meta_args(dataset, model, runs, name, *extra):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import character_dataset
 from promptstep.cli import main
 
 FAST = ["--eval-n", "2", "--max-new-tokens", "2", "--inner-lr", "0.1", "--outer-lr", "1e-3", "--batch-size", "2"]
@@ -14,9 +15,7 @@ FAST = ["--eval-n", "2", "--max-new-tokens", "2", "--inner-lr", "0.1", "--outer-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "character"
-    assert main(["data", "character", "--out", str(out), "--n-train", "12", "--n-test", "4"]) == 0
-    return str(out)
+    return character_dataset(tmp_path_factory, 12)
 
 
 def _meta(dataset, model, runs, *extra):
