@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from promptstep.data.hub import load_hub_split
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 
@@ -63,17 +64,8 @@ def squad_json_rows(path: str | Path) -> Iterator[dict]:
 
 def squad_hub_rows(name: str, split: str) -> Iterator[dict]:
     """Rows of a SQuAD-format dataset on the Hugging Face hub (needs the optional `datasets` package)."""
-    try:
-        from datasets import load_dataset
-    except ImportError:
-        raise InputError(f"reading '{name}' from the hub needs the `datasets` package (pip install "
-                         "'promptstep[hub]'); offline, pass --source DIR with train-v1.1.json and dev-v1.1.json"
-                         ) from None
-    try:
-        dataset = load_dataset(name, split=HUB_SPLITS[split])
-    except Exception as err:  # the hub raises many types (connection, missing repo, offline mode)
-        raise InputError(f"could not load '{name}' ({HUB_SPLITS[split]}) from the hub: {err}".splitlines()[0]
-                         ) from None
+    dataset = load_hub_split(name, None, HUB_SPLITS[split],
+                             "pass --source DIR with train-v1.1.json and dev-v1.1.json")
     for n, row in enumerate(dataset):
         yield {**row, "where": f"{name}[{HUB_SPLITS[split]}] row {n}"}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from promptstep.data.hub import load_hub_split
 from promptstep.data.prose import tidy_spacing
 from promptstep.errors import InputError
 
@@ -44,16 +45,8 @@ def raw_lines(path: Path) -> list[str]:
 
 def hub_lines(name: str, variant: str, split: str) -> list[str]:
     """The `text` column of a WikiText split on the Hugging Face hub (needs the optional `datasets` package)."""
-    try:
-        from datasets import load_dataset
-    except ImportError:
-        raise InputError(f"reading '{name}' from the hub needs the `datasets` package (pip install "
-                         "'promptstep[hub]'); offline, pass --source DIR holding the wiki.*.raw files") from None
-    try:
-        return list(load_dataset(name, variant, split=HUB_SPLITS[split])["text"])
-    except Exception as err:  # the hub raises many types (connection, missing repo, offline mode)
-        raise InputError(f"could not load '{name}' ({variant}, {HUB_SPLITS[split]}) from the hub: {err}"
-                         .splitlines()[0]) from None
+    return list(load_hub_split(name, variant, HUB_SPLITS[split], "pass --source DIR holding the wiki.*.raw files")
+                ["text"])
 
 
 def load_wikitext(source: str, split: str, variant: str = DEFAULT_VARIANT) -> list[tuple[str, str]]:
