@@ -136,6 +136,43 @@ def read_only_runs_dir(env: Env) -> None:
                             lambda path, mode: False if Path(path).resolve() == env.tmp / "runs" else real(path, mode))
 
 
+HELD_LOCKS: list = []  # lock files held open by a setup for the duration of a row
+
+
+def locked_run(name: str) -> Callable[[Env], None]:
+    """Another process writing run `name`: its lock is held (flock is per open file, so this conflicts too)."""
+    def setup(env: Env) -> None:
+        import fcntl
+
+        (env.tmp / "runs").mkdir(exist_ok=True)
+        handle = open(env.tmp / "runs" / f".{name}.lock", "a+b")  # noqa: SIM115 - closed by the fixture
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        HELD_LOCKS.append(handle)
+
+    return setup
+
+
+def interrupted_run(env: Env) -> None:
+    """A meta-train run 'done' killed after its first checkpoint: its in-progress directory."""
+    shutil.copytree(env.finished, env.tmp / "runs" / ".done.inprogress")
+
+
+def user_dir(name: str) -> Callable[[Env], None]:
+    """A directory of the user's (not made by promptstep) holding a precious file."""
+    def setup(env: Env) -> None:
+        (env.tmp / name).mkdir(parents=True, exist_ok=True)
+        (env.tmp / name / "thesis.tex").write_text("precious")
+        (env.tmp / name / "config.yaml").write_text("mine: true\n")
+
+    return setup
+
+
+def symlinked_out(env: Env) -> None:
+    (env.tmp / "target").mkdir()
+    (env.tmp / "target" / "keep.txt").write_text("precious")
+    (env.tmp / "out").symlink_to(env.tmp / "target")
+
+
 def existing_dir(name: str) -> Callable[[Env], None]:
     def setup(env: Env) -> None:
         (env.tmp / name).mkdir(parents=True)
@@ -295,13 +332,79 @@ BAD = [
     Bad("reproduce-unknown-key", "reproduce --suite {tmp}/s.yaml", "unknown key 'colour'",
         files={"s.yaml": "name: s\ncolour: red\nblocks: []\n"}),
     Bad("reproduce-no-file", "reproduce --suite {tmp}/nope.yaml", "no such file"),
+    # run and split names: one safe path component; nothing replaced that promptstep did not write
+    Bad("name-dot-overwrite", EVAL + " {data} --name . --overwrite true", r"run name '\.' starts with '\.'",
+        setup=existing_dir("runs/other")),
+    Bad("name-dotdot-overwrite", EVAL + " {data} --name .. --overwrite true", r"run name '\.\.' starts with"),
+    Bad("name-empty-overwrite", META + " --name '' --overwrite true", r"run name '' is empty", setup=finished_run),
+    Bad("name-parent-path", EVAL + " {data} --name ../escaped", r"run name '\.\./escaped' is a path"),
+    Bad("name-absolute-path", EVAL + " {data} --name {tmp}/abs", r"is a path"),
+    Bad("name-hidden", EVAL + " {data} --name .hidden", r"starts with '\.'"),
+    Bad("name-newline", EVAL + " {data} --name 'a\nb'", r"contains unprintable characters"),
+    Bad("name-trailing-space", EVAL + " {data} --name 'run '", r"starts or ends with whitespace"),
+    Bad("name-too-long", EVAL + " {data} --name " + "x" * 250, r"is longer than 200 bytes"),
+    Bad("prepare-name-path", "prepare --model {model} --data {data} --runs-dir {runs} --name ../p", r"is a path"),
+    Bad("meta-name-dotdot", META + " --name .. --overwrite true", r"run name '\.\.' starts with"),
+    Bad("multi-context-name-path", "multi-context --data {data} --model {model} --runs-dir {runs} --name ../m",
+        r"is a path"),
+    Bad("controls-name-dotdot", "controls --data {data} --model {model} --runs-dir {runs} --name ..",
+        r"starts with '\.'"),
+    Bad("transfer-name-path", "transfer --source {data} --target {data} --model {model} --runs-dir {runs} "
+        "--name a/b", r"is a path"),
+    Bad("analyze-name-path", "analyze --models tiny --runs-dir {runs} --name ../a", r"is a path"),
+    Bad("demo-name-dotdot", "demo --runs-dir {runs} --name .. --overwrite true", r"starts with '\.'"),
+    Bad("distract-split-parent", "distract --data {data} --out {tmp}/d --splits ../x", r"split name '\.\./x' is a path",
+        {"x.jsonl": _line()}),
+    Bad("distract-split-absolute", "distract --data {data} --out {tmp}/d --splits {tmp}/x", r"is a path",
+        {"x.jsonl": _line()}),
+    Bad("reproduce-suite-name-path", "reproduce --suite {tmp}/s.yaml", r"suite name '\.\./up' is a path",
+        {"s.yaml": "name: ../up\nblocks: [{name: b, model: tiny, tasks: {c: {generate: character}}}]\n"}),
+    Bad("reproduce-block-name-path", "reproduce --suite {tmp}/s.yaml", r"block name '\.\./b' is a path",
+        {"s.yaml": "name: s\nblocks: [{name: ../b, model: tiny, tasks: {c: {generate: character}}}]\n"}),
+    Bad("reproduce-task-name-path", "reproduce --suite {tmp}/s.yaml", r"task name '\.\./t' is a path",
+        {"s.yaml": "name: s\nblocks: [{name: b, model: tiny, tasks: {../t: {generate: character}}}]\n"}),
+    Bad("data-overwrite-user-dir", "data character --out mine --overwrite true",
+        r"mine exists and is not a promptstep run or dataset directory; refusing", setup=user_dir("mine")),
+    Bad("eval-overwrite-user-dir", EVAL + " {data} --name mine --overwrite true",
+        r"runs/mine exists and is not a promptstep run", setup=user_dir("runs/mine")),
+    Bad("meta-overwrite-user-dir", META + " --name mine --overwrite true", r"is not a promptstep run",
+        setup=user_dir("runs/mine")),
+    Bad("report-overwrite-user-dir", "report {runs} --out mine --overwrite true", r"is not a promptstep run",
+        setup=lambda env: (finished_run(env), user_dir("mine")(env))),
+    Bad("pretrain-tiny-overwrite-user-dir", "pretrain-tiny --out mine --overwrite true --steps 1",
+        r"is not a promptstep run", setup=user_dir("mine")),
+    Bad("reproduce-overwrite-user-dir", "reproduce --suite {tmp}/s.yaml --overwrite true", r"is not a promptstep run",
+        {"s.yaml": "name: mine\nruns_dir: .\nblocks: [{name: b, model: tiny, tasks: {c: {generate: character}}}]\n"},
+        setup=user_dir("mine")),
+    Bad("data-out-cwd-overwrite", "data character --out . --overwrite true",
+        r"(holds the current working directory|is not a promptstep)"),
+    Bad("data-out-symlink", "data character --out out --overwrite true", r"out is a symbolic link",
+        setup=symlinked_out),
+    # replace only on success, one writer per run
+    Bad("meta-overwrite-then-bad-inner-params", META + DONE_ARGS + " --overwrite true --inner-params nomatch",
+        r"inner_params|param_filter 'nomatch' matches no parameter", setup=finished_run),
+    Bad("meta-interrupted-run-exists", META + DONE_ARGS, r"has an interrupted run in .*\.done\.inprogress; pass "
+        r"--resume true", setup=interrupted_run),
+    Bad("eval-run-locked", EVAL + " {data} --name busy", r"runs/busy is being written by another promptstep process",
+        setup=locked_run("busy")),
+    Bad("meta-run-locked", META + " --name busy --overwrite true", r"is being written by another promptstep",
+        setup=lambda env: (finished_run(env), locked_run("busy")(env))),
+    # non-finite numbers are refused where they are parsed
+    Bad("lr-nan", EVAL + " {data} --lrs nan", r"'lrs': expected a finite number, got 'nan'"),
+    Bad("meta-inner-lr-inf", META + " --inner-lr inf", r"'inner-lr': expected a finite number"),
+    Bad("meta-lm-weight-nan", META + " --lm-weight nan", r"'lm-weight': expected a finite number"),
+    Bad("meta-clip-nan-yaml", META + " --config c.yaml", r"'clip': expected a finite number",
+        {"c.yaml": "clip: .nan\n"}),
 ]
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    """Every file under `root` with a hash of its bytes (empty directories are not content)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under `root` with a hash of its bytes, and every symbolic link with its target (empty
+    directories are not content). Also covers the parent of `root`'s files written 'outside' (rows pass paths
+    under the test directory, so an escape lands in the snapshot)."""
+    return {str(p.relative_to(root)): (f"-> {os.readlink(p)}" if p.is_symlink()
+                                       else hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_symlink() or p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +445,11 @@ def test_bad_input_gives_one_line_exit_2_and_writes_nothing(row, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path)
     capsys.readouterr()
-    code = main(shlex.split(env.fill(row.argv)))
+    try:
+        code = main(shlex.split(env.fill(row.argv)))
+    finally:
+        while HELD_LOCKS:
+            HELD_LOCKS.pop().close()
     err = capsys.readouterr().err
     command = row.argv.split()[0]
     lines = err.strip().splitlines()

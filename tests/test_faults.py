@@ -41,32 +41,47 @@ def _log_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
+def _wait_for_step(proc: subprocess.Popen, log: Path, step: int) -> None:
+    """Poll until `log` records `step` (or the process ends)."""
+    while proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= step:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"the run ended before step {step}")
+
+
 def test_sigkill_at_a_random_point_then_resume_equals_an_uninterrupted_run(dataset, saved_gpt2_256, tmp_path):
-    """kill -9 at a seeded random moment after the first checkpoint (one is written every step, so a kill often
-    lands inside a save), then --resume: the final weights are bit-identical to an uninterrupted run and every
-    step is logged exactly once."""
-    assert main(_meta_args(dataset, saved_gpt2_256, tmp_path, "straight")) == 0
+    """kill -9 at a seeded random step of the run (observed in its log, so the kill lands mid-run on a machine of
+    any speed; one checkpoint is written every step, right after the step is logged, so a kill often lands inside
+    a save), then --resume: the final weights are bit-identical to an uninterrupted run, every step is logged
+    exactly once, and nothing is left beside the published run."""
+    epochs = ["--epochs", "6"]  # 72 steps: the kill comes at step 2..20, far from the end
+    assert main([*_meta_args(dataset, saved_gpt2_256, tmp_path, "straight"), *epochs]) == 0
     run = tmp_path / "killed"
-    command = [sys.executable, "-m", "promptstep.cli", *_meta_args(dataset, saved_gpt2_256, tmp_path, "killed")]
+    work = tmp_path / ".killed.inprogress"
+    command = [sys.executable, "-m", "promptstep.cli", *_meta_args(dataset, saved_gpt2_256, tmp_path, "killed"),
+               *epochs]
     proc = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    while not (run / "checkpoint" / "state.json").exists() and proc.poll() is None:
-        time.sleep(0.005)
-    time.sleep(random.Random(1234).uniform(0.0, 0.8))
-    assert proc.poll() is None, "the run ended before the kill"
+    rng = random.Random(1234)
+    _wait_for_step(proc, work / "train_log.jsonl", rng.randint(2, 20))
+    time.sleep(rng.uniform(0.0, 0.002))  # somewhere inside the step that follows (50+ steps before the end)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    assert checkpoints.recover(run / "checkpoint")
-    killed_at = json.loads((run / "checkpoint" / "state.json").read_text())["progress"]["step"]
-    assert 1 <= killed_at < 24
-    assert main([*_meta_args(dataset, saved_gpt2_256, tmp_path, "killed"), "--resume", "true"]) == 0
-    assert _log_steps(run) == list(range(1, 25))
+    assert not run.exists()  # nothing is published before the run finishes
+    assert checkpoints.recover(work / "checkpoint")
+    killed_at = json.loads((work / "checkpoint" / "state.json").read_text())["progress"]["step"]
+    assert 1 <= killed_at < 72
+    assert main([*_meta_args(dataset, saved_gpt2_256, tmp_path, "killed"), *epochs]) == 2  # refused: resume it
+    assert main([*_meta_args(dataset, saved_gpt2_256, tmp_path, "killed"), *epochs, "--resume", "true"]) == 0
+    assert _log_steps(run) == list(range(1, 73))
     straight = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     resumed = load_file(str(run / "model" / "model.safetensors"))
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     assert not list(run.glob(".checkpoint*"))  # no staging or swap leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed", "straight"]
 
 
 def _trainer(tokenizer, **kw):
@@ -150,8 +165,12 @@ def test_non_finite_run_exits_1_with_one_line(dataset, saved_gpt2_256, tmp_path,
     args = _meta_args(dataset, saved_gpt2_256, tmp_path, "nan", "--inner-lr", "1e30", "--nan-patience", "2")
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "promptstep meta-train: stopped: 2 non-finite steps in a row at step 2; no checkpoint"
-    assert _log_steps(tmp_path / "nan") == [1, 2]
+    work = tmp_path / ".nan.inprogress"
+    assert err[-1] == ("promptstep meta-train: stopped: 2 non-finite steps in a row at step 2; "
+                       f"no checkpoint (logs in {work})")
+    assert _log_steps(work) == [1, 2]
+    assert not (tmp_path / "nan").exists()
+    assert main(args) == 1  # a stopped run without a checkpoint does not block a rerun
 
 
 def test_full_disk_while_checkpointing_stops_and_keeps_the_previous_checkpoint(dataset, saved_gpt2_256, tmp_path,
@@ -170,8 +189,10 @@ def test_full_disk_while_checkpointing_stops_and_keeps_the_previous_checkpoint(d
     assert main(_meta_args(dataset, saved_gpt2_256, tmp_path, "full")) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "stopped: could not write the step-3 checkpoint ([Errno 28] No space left on device)" in err
-    weights, progress = load_checkpoint(tmp_path / "full" / "checkpoint")
-    assert progress["step"] == 2 and not list((tmp_path / "full").glob(".checkpoint*"))
+    work = tmp_path / ".full.inprogress"
+    assert f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)" in err
+    weights, progress = load_checkpoint(work / "checkpoint")
+    assert progress["step"] == 2 and not list(work.glob(".checkpoint*")) and not (tmp_path / "full").exists()
 
 
 def test_trim_log_drops_rows_after_the_checkpoint_and_a_torn_last_row(tmp_path):

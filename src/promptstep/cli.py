@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -59,6 +61,14 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
     return overrides
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`): unwinds like Ctrl-C, so staging directories are cleaned up."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 class _UsageError(Exception):
     """A command line argparse could not parse; `str()` is the whole error line."""
 
@@ -98,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[args.command]
     threads = torch.get_num_threads()
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         _set_threads(args.threads)
         overrides = _parse_overrides(rest)
@@ -111,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     except commands.TrainingStopped as err:
         print(f"promptstep {args.command}: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"promptstep {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"promptstep {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     finally:
         torch.set_num_threads(threads)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -17,7 +17,15 @@ from promptstep.meta import MetaOptions
 from promptstep.models import load_model, max_length
 from promptstep.prepare import PrepareOptions, choose_subset, prepare_format
 from promptstep.report import markdown_table, plot_settings, plot_training
-from promptstep.runs import staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+from promptstep.runs import (
+    name_from,
+    run_dir,
+    staged_dir,
+    write_json,
+    write_jsonl,
+    write_summary_csv,
+    write_yaml,
+)
 
 
 def _positive(name: str, value: float) -> None:
@@ -197,8 +205,7 @@ def load_split(data: str, split: str, limit: int | None) -> list[Triplet]:
 
 def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     """Evaluate and publish `runs/<name>/` with config, records, summary, metrics.csv and a plot."""
-    name = config.name or f"eval-{Path(config.data).stem}-{config.model.replace('/', '_')}"
-    out = Path(config.runs_dir) / name
+    out = run_dir(config.runs_dir, config.name or name_from("eval", Path(config.data).stem, config.model))
     triplets = load_split(config.data, config.split, config.limit)
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or _load(config)
@@ -244,7 +251,7 @@ class PrepareConfig(PrepareOptions):
 
 
 def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
-    out = Path(config.runs_dir) / config.name
+    out = run_dir(config.runs_dir, config.name)
     triplets = load_split(config.data, config.split, None)
     subset = choose_subset(triplets, config.n_examples, config.seed)
     with staged_dir(out, config.overwrite) as staging:
@@ -332,57 +339,91 @@ def _reused_before(config: MetaTrainConfig) -> dict:
     return json.loads((other / "before.json").read_text())
 
 
-def _open_meta_run(config: MetaTrainConfig, needed_bytes: int) -> Path:
-    """Create, reuse (--resume) or replace (--overwrite) the run directory; refuse anything else, writing nothing."""
-    import shutil
-
+def resumable(out: Path) -> Path | None:
+    """The directory a `--resume` of run `out` continues: its in-progress directory (an interrupted or stopped
+    run) if that holds a checkpoint, else the finished run itself if it kept one (to extend it), else None."""
     from promptstep.checkpoints import recover
-    from promptstep.config import read_yaml
-    from promptstep.runs import check_run_dir, require_free_space
+    from promptstep.runs import in_progress_dir
 
-    out = Path(config.runs_dir) / config.name
+    for candidate in (in_progress_dir(out), out):
+        if recover(candidate / "checkpoint"):
+            return candidate
+    return None
+
+
+def _check_meta_target(config: MetaTrainConfig, out: Path) -> Path | None:
+    """Before anything is loaded or written: the run `--resume` continues (checked config), or None for a fresh
+    run whose target may be created or replaced."""
+    from promptstep.config import read_yaml
+    from promptstep.runs import check_run_dir, in_progress_dir
+
     if config.resume:
-        if not recover(out / "checkpoint"):
+        source = resumable(out)
+        if source is None:
             raise InputError(f"nothing to resume: {out} has no checkpoint")
-        saved = read_yaml(out / "config.yaml")
-        current = config_dict(config)
-        for key, value in current.items():
+        saved = read_yaml(source / "config.yaml")
+        for key, value in config_dict(config).items():
             if key not in _RESTART_KEYS and saved.get(key) != value:
                 raise InputError(f"--resume with a different config: '{key}' was {saved.get(key)!r}, now {value!r}")
-        require_free_space(out, needed_bytes)
-        return out
+        return source
     check_run_dir(out, config.overwrite)
+    work = in_progress_dir(out)
+    if (work / "checkpoint").is_dir() and not config.overwrite:
+        raise InputError(f"{out} has an interrupted run in {work}; pass --resume true to continue it or "
+                         "--overwrite true to start again")
+    return None
+
+
+def _open_work_dir(config: MetaTrainConfig, out: Path, source: Path | None, needed_bytes: int) -> Path:
+    """Under the run's lock: the in-progress directory training writes to, fresh or continued from `source`."""
+    import shutil
+
+    from promptstep.runs import in_progress_dir, require_free_space
+
+    work = in_progress_dir(out)
     require_free_space(out, needed_bytes)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    write_yaml(out / "config.yaml", config_dict(config))
-    return out
+    if source == work:
+        return work
+    if work.exists():  # a stale in-progress run (no checkpoint, or --overwrite): ours to remove, we hold the lock
+        shutil.rmtree(work)
+    if source is not None:  # extend a finished run: continue a copy, so the finished run stays until success
+        shutil.copytree(source, work)
+        return work
+    work.mkdir()
+    write_yaml(work / "config.yaml", config_dict(config))
+    return work
 
 
 def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     """Meta-train with evaluation before and after; writes logs, checkpoints, the final model and a plot.
 
-    `num_processes` > 1 spawns that many local processes (unless a launcher such as `accelerate launch` already
-    started several); each runs this function, only rank 0 writes.
+    The run trains in a hidden in-progress directory beside `runs_dir/name` and is published there only when it
+    has finished (an existing run is replaced only then); an interrupted or stopped run keeps its in-progress
+    directory for `--resume true`. `num_processes` > 1 spawns that many local processes (unless a launcher such
+    as `accelerate launch` already started several); each runs this function, only rank 0 writes.
     """
     from promptstep import distributed
+    from promptstep.runs import run_dir
 
+    out = run_dir(config.runs_dir, config.name)
     if config.num_processes > 1 and not distributed.launched():
+        _check_meta_target(config, out)
         distributed.spawn(run_meta_train, config, config.num_processes, (InputError, TrainingStopped))
-        out = Path(config.runs_dir) / config.name
         return out, json.loads((out / "summary.json").read_text())
     with distributed.processes(config.device) as procs:
-        return _meta_train(config, procs, model_and_tokenizer)
+        return _meta_train(config, procs, model_and_tokenizer, out)
 
 
-def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer) -> tuple[Path, dict]:
+def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) -> tuple[Path, dict]:
+    import shutil
+    from contextlib import ExitStack
+
     from promptstep.lora import build_trainer
-    from promptstep.meta import batches_for, eval_summary, run_training
     from promptstep.models import check_second_order
     from promptstep.precision import check_precision, meta_step_context
-    from promptstep.runs import trim_log
+    from promptstep.runs import publish, run_lock
 
+    source = procs.on_main(lambda: _check_meta_target(config, out))
     train = load_split(config.data, config.train_split, config.train_limit)
     eval_set = load_split(config.data, config.eval_split, config.eval_n)
     model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn,
@@ -398,46 +439,67 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer) -> tuple[Pa
         with meta_step_context(model, config.precision):
             check_second_order(model)
     reused_before = _reused_before(config) if config.before_from and not config.resume else None
-    out = Path(config.runs_dir) / config.name
-    procs.on_main(lambda: _open_meta_run(config, _disk_bytes_needed(model, config)))
     trainer = build_trainer(model, tokenizer, config, processes=procs)  # LC: the teacher is a frozen copy now
-    if config.resume:
-        trainer.restore(out / "checkpoint")
+    if source is not None or config.resume:  # checked (another model's? damaged?) before anything is written
+        trainer.restore(procs.broadcast(source) / "checkpoint")
+    with ExitStack() as held:
+        procs.on_main(lambda: held.enter_context(run_lock(out)))  # one writer per run, for the whole run
+        work = procs.broadcast(procs.on_main(lambda: _open_work_dir(config, out, source,
+                                                                    _disk_bytes_needed(model, config))))
+        try:
+            summary = _train_and_publish(config, procs, trainer, train, eval_set, work, reused_before)
+        except BaseException:
+            if procs.is_main and not (work / "checkpoint").is_dir() and not (work / "train_log.jsonl").is_file():
+                shutil.rmtree(work, ignore_errors=True)  # nothing to resume or read: leave no trace
+            raise
+        if procs.is_main:
+            publish(work, out)
+            print(markdown_table({"before": summary["before"], "after": summary["after"]}))
+            print(f"results in {out}; meta-trained model in {out / 'model'}")
+    return out, summary
+
+
+def _train_and_publish(config: MetaTrainConfig, procs, trainer, train, eval_set, work: Path,
+                       reused_before: dict | None) -> dict:
+    """Train in `work` (resuming from its checkpoint if `--resume`), evaluate, and write every output there."""
+    from promptstep.meta import batches_for, eval_summary, run_training
+    from promptstep.runs import trim_log
+
+    if config.resume:  # the trainer was restored from this run's checkpoint
         for log in ("train_log.jsonl", "eval_log.jsonl"):
-            procs.on_main(lambda log=log: trim_log(out / log, trainer.step_count))
+            procs.on_main(lambda log=log: trim_log(work / log, trainer.step_count))
     examples = procs.main_first(lambda: trainer.build_examples(train, progress=procs.is_main))
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
     if config.resume:
-        before = json.loads((out / "before.json").read_text())
+        before = json.loads((work / "before.json").read_text())
         if procs.is_main:
-            print(f"resuming {out} at step {trainer.step_count} of {len(batches)}", flush=True)
+            print(f"resuming {work} at step {trainer.step_count} of {len(batches)}", flush=True)
     else:
         before = procs.on_main(lambda: reused_before or eval_summary(trainer, eval_set, progress=True)["summary"])
         if procs.is_main:
-            write_json(out / "before.json", before)
+            write_json(work / "before.json", before)
     main = procs.is_main
-    result = run_training(trainer, batches, out=out if main else None, eval_set=eval_set if main else [],
+    result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
                           eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main)
     if result["stopped"]:
-        kept = f"last good checkpoint in {out / 'checkpoint'}" if (out / "checkpoint").is_dir() else "no checkpoint"
+        kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
+                if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
         raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
     if not main:
-        return out, {}
+        return {}
     after_eval = eval_summary(trainer, eval_set, progress=True)
     after = after_eval["summary"]
-    write_jsonl(out / "records.jsonl", after_eval["records"])
+    write_jsonl(work / "records.jsonl", after_eval["records"])
     summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
-    write_json(out / "summary.json", summary)
-    write_summary_csv(out / "metrics.csv", {f"{stage}/{s}": e for stage, block in (("before", before),
-                                                                                   ("after", after))
-                                            for s, e in block.items()})
-    plot_settings({"before": before, "after": after}, out / "before_after.png",
+    write_json(work / "summary.json", summary)
+    write_summary_csv(work / "metrics.csv", {f"{stage}/{s}": e for stage, block in (("before", before),
+                                                                                    ("after", after))
+                                             for s, e in block.items()})
+    plot_settings({"before": before, "after": after}, work / "before_after.png",
                   f"meta-train ({config.objective}) {config.model}")
-    plot_training(out / "train_log.jsonl", out / "training.png")
-    saved = trainer.export(out)
-    print(markdown_table({"before": before, "after": after}))
-    print(f"results in {out}; meta-trained model in {saved}")
-    return out, summary
+    plot_training(work / "train_log.jsonl", work / "training.png")
+    trainer.export(work)
+    return summary
 
 
 def _disk_bytes_needed(model, config: MetaTrainConfig) -> int:
@@ -506,9 +568,10 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig) -> Path:
 
-    out = Path(config.runs_dir) / config.name
-    if out.exists() and not config.overwrite:
-        raise InputError(f"{out} already exists; pass --overwrite true or choose another --name")
+    from promptstep.runs import check_run_dir
+
+    out = run_dir(config.runs_dir, config.name)
+    check_run_dir(out, config.overwrite)
     per_example = 1.0 if config.first_order else 2.5
     minutes = (25 + config.prepare_steps * 6 + 2 * config.n_eval * 2.5 + config.n_train * per_example) / 60
     print(f"promptstep demo: {config.model} on {config.task}; prepare {config.prepare_steps} steps, meta-train LC on "

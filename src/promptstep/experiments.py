@@ -22,7 +22,16 @@ from promptstep.meta import MetaOptions
 from promptstep.models import load_model, max_length
 from promptstep.multicontext import MODES, evaluate_groups, summarize_groups
 from promptstep.report import markdown_table
-from promptstep.runs import staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+from promptstep.runs import (
+    name_from,
+    run_dir,
+    safe_name,
+    staged_dir,
+    write_json,
+    write_jsonl,
+    write_summary_csv,
+    write_yaml,
+)
 
 
 def _fitted(model, tokenizer, data: str, split: str, limit: int | None, fmt: Format | None = None, truncate=False):
@@ -34,10 +43,6 @@ def _fitted(model, tokenizer, data: str, split: str, limit: int | None, fmt: For
 def _load(config, spec: str | None = None):
     """(model, tokenizer) of `spec` (default: the config's model) on the config's device."""
     return load_model(spec or config.model, attn_implementation=config.attn, device=resolve_device(config.device))
-
-
-def _model_label(spec: str) -> str:
-    return spec.rstrip("/").replace("/", "_")
 
 
 def _publish(staging: Path, config, records: list[dict], summary: dict, csv_rows: dict) -> None:
@@ -93,7 +98,7 @@ class MultiContextConfig:
 
 
 def run_multi_context(config: MultiContextConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
-    out = Path(config.runs_dir) / (config.name or f"multi-{Path(config.data).stem}-{_model_label(config.model)}")
+    out = run_dir(config.runs_dir, config.name or name_from("multi", Path(config.data).stem, config.model))
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or _load(config)
         triplets = _fitted(model, tokenizer, config.data, config.split, config.limit)
@@ -135,7 +140,7 @@ class ControlsConfig(EvalConfig):
 
 
 def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
-    out = Path(config.runs_dir) / (config.name or f"controls-{Path(config.data).stem}-{_model_label(config.model)}")
+    out = run_dir(config.runs_dir, config.name or name_from("controls", Path(config.data).stem, config.model))
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or _load(config)
         options = config.options()
@@ -192,7 +197,7 @@ class DistractConfig:
 
 
 def run_distract(config: DistractConfig) -> Path:
-    sources = {split: Path(config.data) / f"{split}.jsonl" for split in config.splits}
+    sources = {split: Path(config.data) / f"{safe_name(split, 'split name')}.jsonl" for split in config.splits}
     missing = [str(p) for p in sources.values() if not p.is_file()]
     if missing:
         raise InputError(f"distract: no such file {missing[0]}")
@@ -279,7 +284,7 @@ def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path
     from promptstep.prepare import choose_subset, prepare_format
     from promptstep.transfer import joint_objective
 
-    out = Path(config.runs_dir) / config.name
+    out = run_dir(config.runs_dir, config.name)
     with staged_dir(out, config.overwrite) as staging:
         base, tokenizer = model_and_tokenizer or _load(config)
         evals = {role: _fitted(base, tokenizer, data, "test", config.eval_n)

@@ -57,6 +57,7 @@ from promptstep.experiments import (
     run_multi_context,
     run_transfer,
 )
+from promptstep.runs import check_replaceable, in_progress_dir, is_promptstep_dir, name_from, run_lock, safe_name
 from promptstep.tables import METRICS, ReportConfig, run_report
 
 EXPERIMENT_KEYS = {
@@ -124,7 +125,9 @@ def load_suite(path: str | Path) -> Suite:
         for key in ("name", "model", "tasks"):
             if not entry.get(key):
                 raise InputError(f"{spot}: missing '{key}'")
-        tasks = {name: _mapping(spec, f"{spot}.tasks.{name}") for name, spec in entry["tasks"].items()}
+        safe_name(str(entry["name"]), f"{spot}: block name")
+        tasks = {safe_name(str(name), f"{spot}: task name"): _mapping(spec, f"{spot}.tasks.{name}")
+                 for name, spec in _mapping(entry["tasks"], f"{spot}.tasks").items()}
         for name, spec in tasks.items():
             sources = [key for key in TASK_SOURCES if key in spec]
             if len(sources) != 1 or ("data" in spec and len(spec) > 1):
@@ -146,7 +149,11 @@ def load_suite(path: str | Path) -> Suite:
                             _mapping(entry.get("meta"), f"{spot}.meta"), experiments))
     if not blocks:
         raise InputError(f"{where}: no blocks")
-    return Suite(str(raw.get("name") or Path(path).stem), str(raw.get("runs_dir", "runs")), metric, blocks)
+    names = [b.name for b in blocks]
+    if len(set(names)) != len(names):
+        raise InputError(f"{where}: two blocks share the name '{next(n for n in names if names.count(n) > 1)}'")
+    name = safe_name(str(raw.get("name") or name_from(Path(path).stem)), f"{where}: suite name")
+    return Suite(name, str(raw.get("runs_dir", "runs")), metric, blocks)
 
 
 def lora_modes(spec: dict) -> dict[str, dict]:
@@ -198,6 +205,16 @@ def check_options(suite: Suite) -> None:
             raise InputError(f"suite block '{block.name}': {err}") from None
 
 
+def _remove_stale_runs(block_dir: Path, kept: set[Path]) -> None:
+    """Remove the promptstep run and dataset directories under `block_dir` that are not in `kept`."""
+    keep = {p.resolve() for p in kept}
+    for candidate in sorted(p for p in block_dir.rglob("*") if p.is_dir() and not p.is_symlink()):
+        if candidate.exists() and candidate.resolve() not in keep and is_promptstep_dir(candidate) \
+                and not any(k == candidate.resolve() or k in candidate.resolve().parents or
+                            candidate.resolve() in k.parents for k in keep):
+            shutil.rmtree(candidate)
+
+
 def _done(path: Path) -> bool:
     return (path / "summary.json").is_file() or (path / "meta.json").is_file()
 
@@ -205,20 +222,24 @@ def _done(path: Path) -> bool:
 class BlockRunner:
     """Runs a block's steps in dependency order, each once (reusing a finished run directory)."""
 
-    def __init__(self, block: Block, root: Path, log: list[dict]) -> None:
-        self.block, self.dir, self.log = block, root / block.name, log
-        self.seen: set[Path] = set()  # finished runs already reported
+    def __init__(self, block: Block, root: Path, log: list[dict], fresh: bool = False) -> None:
+        self.block, self.dir, self.log, self.fresh = block, root / block.name, log, fresh
+        self.seen: set[Path] = set()  # runs of this invocation (finished or reused)
 
     def _step(self, path: Path, run) -> Path:
-        """Run `run(rerun)` unless `path` holds a finished run; rerun = 'resume' | 'overwrite' | None."""
-        if _done(path):
+        """Run `run(rerun)` unless `path` holds a finished run (or, when `fresh`, one made by this invocation);
+        rerun = 'resume' (an interrupted meta-train run) | 'overwrite' | None. A step's run directory is replaced
+        only when the step succeeds (each command stages its output)."""
+        if path in self.seen or (_done(path) and not self.fresh):
             if path not in self.seen:
                 print(f"[reproduce] reusing {path}", flush=True)
                 self.seen.add(path)
             return path
         rerun = None
-        if path.exists():
-            rerun = "resume" if (path / "checkpoint").is_dir() else "overwrite"
+        if (in_progress_dir(path) / "checkpoint").is_dir() and not self.fresh:
+            rerun = "resume"
+        elif path.exists() or in_progress_dir(path).exists():
+            rerun = "overwrite"
         print(f"[reproduce] {path}" + (f" ({rerun})" if rerun else ""), flush=True)
         started = time.time()
         run(rerun)
@@ -379,21 +400,27 @@ def run_reproduce(config: ReproduceConfig) -> Path:
     if root.exists() and not config.resume:
         if not config.overwrite:
             raise InputError(f"{root} already exists; pass --resume true to continue it or --overwrite true")
-        shutil.rmtree(root)
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config.suite, root / "suite.yaml")
-    log: list[dict] = []
-    started = time.time()
-    for block in blocks:
-        BlockRunner(block, root, log).run()
-    with (root / "timings.jsonl").open("a", encoding="utf-8") as handle:
-        for row in log:
-            handle.write(json.dumps(row) + "\n")
-    total = round(time.time() - started, 1)
-    # One report per block: tables match runs by task and objective, so two models must not share one.
-    for block in suite.blocks:
-        if (root / block.name).is_dir():
-            run_report(ReportConfig(runs=(str(root / block.name),), out=str(root / "report" / block.name),
-                                      metric=suite.metric, overwrite=True))
+        check_replaceable(root)
+    with run_lock(root):
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "suite.yaml").exists() or not (root / "suite.yaml").samefile(config.suite):
+            shutil.copyfile(config.suite, root / "suite.yaml")
+        log: list[dict] = []
+        started = time.time()
+        runners = [BlockRunner(block, root, log, fresh=config.overwrite) for block in blocks]
+        for runner in runners:
+            runner.run()
+        if config.overwrite:  # every step succeeded: only now drop the old suite's runs that this one did not make
+            for runner in runners:
+                _remove_stale_runs(runner.dir, runner.seen)
+        with (root / "timings.jsonl").open("a", encoding="utf-8") as handle:
+            for row in log:
+                handle.write(json.dumps(row) + "\n")
+        total = round(time.time() - started, 1)
+        # One report per block: tables match runs by task and objective, so two models must not share one.
+        for block in suite.blocks:
+            if (root / block.name).is_dir():
+                run_report(ReportConfig(runs=(str(root / block.name),), out=str(root / "report" / block.name),
+                                        metric=suite.metric, overwrite=True))
     print(f"[reproduce] {len(log)} steps in {total / 60:.1f} min; reports in {root / 'report'}/<block>/")
     return root / "report"

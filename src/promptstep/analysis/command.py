@@ -40,7 +40,7 @@ from promptstep.errors import InputError
 from promptstep.formats import Format
 from promptstep.metrics import mean_se
 from promptstep.models import load_model, max_length
-from promptstep.runs import staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+from promptstep.runs import name_from, run_dir, staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 from promptstep.updates import ParamDict, swapped_parameters
 
 TASKS = ("mr", "character")
@@ -287,8 +287,7 @@ def csv_rows(summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
 def run_analyze(config: AnalyzeConfig) -> tuple[Path, dict]:
     """Analyse every model and baseline; publish runs/<name>/ with config, records, metrics and plots."""
     labels = model_labels(config.models)
-    name = config.name or f"analyze-{config.task}-{labels[0]}"
-    out = Path(config.runs_dir) / name
+    out = run_dir(config.runs_dir, config.name or name_from("analyze", config.task, labels[0]))
     started = time.time()
     with staged_dir(out, config.overwrite) as staging:
         write_yaml(staging / "config.yaml", config_dict(config))
