@@ -90,3 +90,22 @@ def test_multi_fact_contexts_hold_the_fact_and_d_distractors():
         distractors = [by_context[f] for f in facts if f != original.context]
         assert all(d.answer != original.answer for d in distractors)
     assert [t.context for t in with_distractors(TRIPLETS, 0, seed=0)] == [t.context for t in TRIPLETS]
+
+
+def test_controls_passes_trust_remote_code_to_the_model_loader(tmp_path, monkeypatch):
+    """`controls --trust-remote-code true` reaches load_model (a drift bug: its own loader dropped it)."""
+    from promptstep import experiments
+    from promptstep.cli import main
+
+    seen = []
+
+    def loader(spec, **options):
+        seen.append(options.get("trust_remote_code"))
+        raise InputError("stop here")
+
+    monkeypatch.setattr(experiments, "load_model", loader)
+    data = tmp_path / "d"
+    assert main(["data", "character", "--out", str(data), "--n-train", "4", "--n-test", "4"]) == 0
+    assert main(["controls", "--data", str(data), "--model", "tiny", "--runs-dir", str(tmp_path / "runs"),
+                 "--trust-remote-code", "true"]) == 2
+    assert seen == [True]

@@ -127,3 +127,32 @@ def test_single_commands_and_report(saved_gpt2_256, tmp_path, capsys):
     assert main(["controls", "--data", str(data), *common, "--settings", "prompt,ft"]) == 2
     assert main(["distract", "--data", str(data), "--out", str(tmp_path / "d3"), "--distractors", "9"]) == 2
     assert not (tmp_path / "d3").exists()
+
+
+def test_suite_evaluations_take_the_inner_step_the_models_were_trained_for(tmp_path, monkeypatch):
+    """controls / multi-context / cross evaluate with the meta config's inner lr, steps, parameter subset and
+    rule (block meta + the experiment's own meta), not plain one-step SGD on every parameter (a drift bug)."""
+    from promptstep import suite as suite_module
+
+    made: dict[str, object] = {}
+    monkeypatch.setattr(suite_module.BlockRunner, "meta", lambda self, task, *a, **k: tmp_path / f"meta-{task}")
+    monkeypatch.setattr(suite_module.BlockRunner, "base", lambda self, task: "base-model")
+    monkeypatch.setattr(suite_module.BlockRunner, "data", lambda self, task: str(tmp_path / task))
+    monkeypatch.setattr(suite_module.BlockRunner, "_step",
+                        lambda self, path, run: made.setdefault(path.name, run) and path)
+    for name in ("run_controls", "run_multi_context", "run_eval"):
+        monkeypatch.setattr(suite_module, name, lambda config, name=name: made.__setitem__(config.name, config))
+    meta = {**META, "inner_steps": 2, "inner_params": "h\\.1\\.", "inner_rule": "lcgd"}
+    block = suite_module.Block("b", "m", {"c": {"generate": "character"}, "d": {"generate": "character"}}, None,
+                               meta, {"controls": {"tasks": ["c"], "meta": {"inner_lr": 0.25}},
+                                      "multi": {"tasks": ["c"], "inner_ks": [1]},
+                                      "cross": {"pairs": [["c", "d"]]}})
+    runner = suite_module.BlockRunner(block, tmp_path, [])
+    runner.run()
+    for step in list(made.values()):
+        if callable(step):
+            step(None)
+    controls, multi, cross = made["controls-c"], made["multi-eval-k1-c"], made["cross-lg-c-on-d"]
+    for config in (controls, multi, cross):
+        assert (config.steps, config.param_filter, config.rule) == (2, "h\\.1\\.", "lcgd")
+    assert controls.lrs == (0.25,) and cross.lrs == (0.1,) and multi.lr == 0.1

@@ -53,3 +53,23 @@ def test_transfer_command_rows_match_the_plain_commands(saved_gpt2_256, tmp_path
     for setting in ("nc", "prompt", "ft"):
         assert results["base"]["target"][setting]["tok_acc"] == pytest.approx(plain[setting]["tok_acc"])
     assert results["sequential"]["target"]["ft"] != results["meta"]["target"]["ft"]  # format fine-tuning moved it
+
+
+def test_transfer_scores_ft_with_the_inner_rule_it_meta_trained_with(saved_gpt2_256, tmp_path, monkeypatch):
+    """A transfer run meta-trained with --inner-rule lcgd scores FT with Layer-Causal GD too (a drift bug:
+    it used plain SGD)."""
+    from promptstep import experiments
+    from promptstep.analysis.rules import layer_causal_gradients
+
+    data = tmp_path / "char"
+    assert main(["data", "character", "--out", str(data), "--n-train", "8", "--n-test", "4"]) == 0
+    rules = []
+    real = experiments.evaluate
+    monkeypatch.setattr(experiments, "evaluate",
+                        lambda model, tok, triplets, options: rules.append(options.gradients) or
+                        real(model, tok, triplets, options))
+    assert main(["transfer", "--source", str(data), "--target", str(data), "--model", saved_gpt2_256,
+                 "--runs-dir", str(tmp_path / "runs"), "--max-new-tokens", "2", "--inner-lr", "0.1",
+                 "--inner-rule", "lcgd", "--train-limit", "4", "--batch-size", "2", "--eval-n", "2",
+                 "--modes", "sequential", "--prep-examples", "2", "--prep-steps", "1", "--threads", "1"]) == 0
+    assert rules and all(rule is layer_causal_gradients for rule in rules)

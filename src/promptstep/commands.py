@@ -33,6 +33,14 @@ def _positive(name: str, value: float) -> None:
         raise InputError(f"config key '{name}' must be positive, got {value}")
 
 
+def check_rule(rule: str) -> None:
+    """Refuse an unknown inner update rule (the FT step's rule: sgd or lcgd)."""
+    from promptstep.analysis.rules import INNER_RULES
+
+    if rule not in INNER_RULES:
+        raise InputError(f"unknown rule '{rule}' (choose from {', '.join(INNER_RULES)})")
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -144,6 +152,7 @@ class EvalConfig:
     lrs: tuple[float, ...] = (1e-3,)
     steps: int = 1
     param_filter: str | None = None
+    rule: str = "sgd"
     limit: int | None = None
     max_new_tokens: int = 16
     batch_size: int = 16
@@ -168,6 +177,7 @@ class EvalConfig:
             raise InputError("config key 'lrs' is empty")
         for lr in self.lrs:
             _positive("lrs", lr)
+        check_rule(self.rule)
         for key in ("steps", "max_new_tokens", "batch_size"):
             _positive(key, getattr(self, key))
         if self.limit is not None:
@@ -175,6 +185,8 @@ class EvalConfig:
         resolve_device(self.device)
 
     def options(self) -> EvalOptions:
+        from promptstep.analysis.rules import INNER_RULES
+
         return EvalOptions(
             settings=self.settings,
             lrs=self.lrs,
@@ -183,6 +195,7 @@ class EvalConfig:
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             fmt=Format(separator=self.separator),
+            gradients=INNER_RULES[self.rule],
         )
 
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from promptstep.commands import EvalConfig, _positive, dataset_file, load_split
+from promptstep.commands import EvalConfig, _positive, check_rule, dataset_file, load_split
 from promptstep.config import config_dict
 from promptstep.controls import correctness_breakdown, evaluate_irrelevant, summarize_irrelevant, with_distractors
 from promptstep.data.triplets import load_triplets, write_triplets
@@ -42,7 +42,8 @@ def _fitted(model, tokenizer, data: str, split: str, limit: int | None, fmt: For
 
 def _load(config, spec: str | None = None):
     """(model, tokenizer) of `spec` (default: the config's model) on the config's device."""
-    return load_model(spec or config.model, attn_implementation=config.attn, device=resolve_device(config.device))
+    return load_model(spec or config.model, attn_implementation=config.attn, device=resolve_device(config.device),
+                      trust_remote_code=getattr(config, "trust_remote_code", False))
 
 
 def _publish(staging: Path, config, records: list[dict], summary: dict, csv_rows: dict) -> None:
@@ -69,6 +70,7 @@ class MultiContextConfig:
     lr: float = 1e-3
     steps: int = 1
     param_filter: str | None = None
+    rule: str = "sgd"
     max_new_tokens: int = 16
     batch_size: int = 16
     seed: int = 0
@@ -91,10 +93,14 @@ class MultiContextConfig:
             _positive(key, getattr(self, key))
         for size in self.sizes:
             _positive("sizes", size)
+        check_rule(self.rule)
 
     def options(self) -> EvalOptions:
+        from promptstep.analysis.rules import INNER_RULES
+
         return EvalOptions(lrs=(self.lr,), steps=self.steps, param_filter=self.param_filter,
-                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                           gradients=INNER_RULES[self.rule])
 
 
 def run_multi_context(config: MultiContextConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
@@ -292,8 +298,10 @@ def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path
         source_train = _fitted(base, tokenizer, config.source, "train", config.train_limit)
         subset = choose_subset(_fitted(base, tokenizer, config.target, "train", None), config.prep_examples,
                                config.seed)
+        from promptstep.analysis.rules import INNER_RULES
+
         options = EvalOptions(lrs=(config.inner_lr,), steps=config.inner_steps, param_filter=config.inner_params,
-                              max_new_tokens=config.max_new_tokens)
+                              max_new_tokens=config.max_new_tokens, gradients=INNER_RULES[config.inner_rule])
         start = time.time()
         models = {"base": base}
         if config.source_model:

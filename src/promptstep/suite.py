@@ -291,9 +291,18 @@ class BlockRunner:
 
         return self._step(path, run)
 
-    def _meta_defaults(self) -> dict:
-        meta = build_config(MetaTrainConfig, None, {**self.block.meta, "data": "-"})
-        return {"lr": meta.inner_lr, "max_new_tokens": meta.max_new_tokens, "eval_n": meta.eval_n}
+    def _meta_defaults(self, spec: dict) -> dict:
+        """The FT step and evaluation settings of the models an experiment trains (block meta + its own meta),
+        so its evaluations take the very step the models were meta-trained for."""
+        meta = build_config(MetaTrainConfig, None, {**self.block.meta, **(spec.get("meta") or {}), "data": "-"})
+        return {"lr": meta.inner_lr, "steps": meta.inner_steps, "param_filter": meta.inner_params,
+                "rule": meta.inner_rule, "max_new_tokens": meta.max_new_tokens, "eval_n": meta.eval_n}
+
+    def _eval_step(self, spec: dict) -> dict:
+        """`eval` / `controls` options of that FT step (one learning rate)."""
+        step = self._meta_defaults(spec)
+        return {"lrs": [step["lr"]], "steps": step["steps"], "param_filter": step["param_filter"],
+                "rule": step["rule"], "max_new_tokens": step["max_new_tokens"], "limit": step["eval_n"]}
 
     def figure2(self, spec: dict) -> None:
         for task in spec.get("tasks", list(self.block.tasks)):
@@ -310,7 +319,7 @@ class BlockRunner:
 
     def multi(self, spec: dict) -> None:
         objective = spec.get("objective", "lg")
-        defaults = self._meta_defaults()
+        step = self._meta_defaults(spec)
         for task in spec.get("tasks", list(self.block.tasks)):
             models = {"base": self.base(task)}
             for k in spec.get("inner_ks", MULTI_KS):
@@ -318,14 +327,14 @@ class BlockRunner:
                 models[f"k{k}"] = str(run / "model")
             for label, model in models.items():
                 name = f"multi-eval-{label}-{task}"
-                values = {"lr": defaults["lr"], "max_new_tokens": defaults["max_new_tokens"],
-                          **(spec.get("eval") or {}), "model": model, "data": self.data(task), "name": name,
+                values = {k: step[k] for k in ("lr", "steps", "param_filter", "rule", "max_new_tokens")}
+                values = {**values, **(spec.get("eval") or {}), "model": model, "data": self.data(task), "name": name,
                           "runs_dir": str(self.dir), "overwrite": True}
                 config = build_config(MultiContextConfig, None, values)
                 self._step(self.dir / name, lambda _, c=config: run_multi_context(c))
 
     def controls(self, spec: dict) -> None:
-        defaults = self._meta_defaults()
+        step = self._eval_step(spec)
         extra = {k: v for k, v in spec.items() if k in CONTROLS_KEYS}
         for task in spec.get("tasks", list(self.block.tasks)):
             models = {"": str(self.meta(task, spec.get("objective", "lg"), overrides=spec.get("meta")) / "model")}
@@ -333,21 +342,19 @@ class BlockRunner:
                 models["base-"] = self.base(task)
             for prefix, model in models.items():
                 name = f"controls-{prefix}{task}"
-                values = {"lrs": [defaults["lr"]], "max_new_tokens": defaults["max_new_tokens"],
-                          "limit": defaults["eval_n"], **extra, "model": model, "data": self.data(task),
+                values = {**step, **extra, "model": model, "data": self.data(task),
                           "base": self.base(task), "name": name, "runs_dir": str(self.dir), "overwrite": True}
                 config = build_config(ControlsConfig, None, values)
                 self._step(self.dir / name, lambda _, c=config: run_controls(c))
 
     def cross(self, spec: dict) -> None:
         """FT of the model meta-trained on one task, evaluated on another task's test set."""
-        defaults = self._meta_defaults()
+        step = self._eval_step(spec)
         objective = spec.get("objective", "lg")
         for train_task, eval_task in spec.get("pairs", []):
             model = self.meta(train_task, objective, overrides=spec.get("meta")) / "model"
             name = f"cross-{objective}-{train_task}-on-{eval_task}"
-            values = {"lrs": [defaults["lr"]], "max_new_tokens": defaults["max_new_tokens"],
-                      "limit": defaults["eval_n"], "model": str(model), "data": self.data(eval_task), "name": name,
+            values = {**step, "model": str(model), "data": self.data(eval_task), "name": name,
                       "runs_dir": str(self.dir), "overwrite": True}
             config = build_config(EvalConfig, None, values)
             self._step(self.dir / name, lambda _, c=config: run_eval(c))
