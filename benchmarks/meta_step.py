@@ -30,8 +30,8 @@ def _one(model_spec: str, mode: str, batch: int, repeats: int) -> dict:
     from promptstep.data.synthetic import generate
     from promptstep.formats import Format
     from promptstep.meta import MetaOptions, MetaTrainer
+    from promptstep.meta.objectives import answer_logprobs, build_example, context_lm_batch, forward_kl
     from promptstep.models import load_model
-    from promptstep.objectives import answer_logprobs, build_example, context_lm_batch, forward_kl
     from promptstep.updates import inner_step
 
     torch.manual_seed(0)

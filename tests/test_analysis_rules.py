@@ -7,13 +7,15 @@ import torch
 
 from conftest import directional_derivatives, make_gpt2, make_llama
 from promptstep.analysis.hooks import anatomy_of
-from promptstep.analysis.rules import finetune, layer_causal_gradients, layer_losses, masked, trainable
+from promptstep.analysis.rules import finetune, masked, trainable
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.formats import Format, encode_text, lm_batch
 from promptstep.meta import MetaOptions, MetaTrainer
-from promptstep.objectives import build_example
-from promptstep.updates import context_gradients, select_parameters
+from promptstep.meta.objectives import build_example
+from promptstep.rules.lcgd import layer_causal_gradients, layer_losses
+from promptstep.rules.sgd import context_gradients
+from promptstep.updates import select_parameters
 
 TEXT = "The first person to walk on Mars is Evan Armstrong."
 FACTORIES = {"gpt2": make_gpt2, "llama": make_llama}

@@ -29,7 +29,7 @@ def test_every_preset_is_listed():
 
 @pytest.mark.parametrize("name", SUITES)
 def test_suites_check(name):
-    from promptstep.suite import check_options, load_suite
+    from promptstep.commands.reproduce import check_options, load_suite
 
     suite = load_suite(ROOT / name)
     check_options(suite)

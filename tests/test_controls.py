@@ -6,7 +6,10 @@ import re
 import pytest
 
 from conftest import make_gpt2
-from promptstep.controls import (
+from promptstep.data.triplets import Triplet
+from promptstep.errors import InputError
+from promptstep.evaluate import EvalOptions, evaluate_prompted, score_answers
+from promptstep.experiments.controls import (
     correctness_breakdown,
     evaluate_irrelevant,
     irrelevant_partners,
@@ -14,9 +17,6 @@ from promptstep.controls import (
     summarize_irrelevant,
     with_distractors,
 )
-from promptstep.data.triplets import Triplet
-from promptstep.errors import InputError
-from promptstep.evaluate import EvalOptions, evaluate_prompted, score_answers
 from promptstep.formats import encode_pair
 
 NAMES = ["Evan Armstrong", "Mira Tolland", "Ada Quill", "Bo Marlowe", "Cy Dunmore", "Evan Armstrong"]
@@ -94,7 +94,7 @@ def test_multi_fact_contexts_hold_the_fact_and_d_distractors():
 
 def test_controls_passes_trust_remote_code_to_the_model_loader(tmp_path, monkeypatch):
     """`controls --trust-remote-code true` reaches load_model (a drift bug: its own loader dropped it)."""
-    from promptstep import experiments
+    from promptstep import models
     from promptstep.cli import main
 
     seen = []
@@ -103,7 +103,7 @@ def test_controls_passes_trust_remote_code_to_the_model_loader(tmp_path, monkeyp
         seen.append(options.get("trust_remote_code"))
         raise InputError("stop here")
 
-    monkeypatch.setattr(experiments, "load_model", loader)
+    monkeypatch.setattr(models, "load_model", loader)
     data = tmp_path / "d"
     assert main(["data", "character", "--out", str(data), "--n-train", "4", "--n-test", "4"]) == 0
     assert main(["controls", "--data", str(data), "--model", "tiny", "--runs-dir", str(tmp_path / "runs"),

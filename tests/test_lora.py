@@ -10,10 +10,10 @@ from peft import PeftModel
 from conftest import directional_derivatives, make_gpt2, make_llama
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Format
-from promptstep.lora import OuterLoraTrainer, build_trainer
 from promptstep.meta import MetaOptions
+from promptstep.meta.lora import OuterLoraTrainer, build_trainer
+from promptstep.meta.objectives import build_example, context_lm_batch
 from promptstep.models import load_model
-from promptstep.objectives import build_example, context_lm_batch
 from promptstep.updates import inner_step
 
 TRIPLETS = [

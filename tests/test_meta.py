@@ -9,7 +9,7 @@ from conftest import directional_derivatives, make_gpt2, make_llama
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.meta import MetaOptions, MetaTrainer, batches_for
-from promptstep.objectives import MetaExample, build_example, forward_kl
+from promptstep.meta.objectives import MetaExample, build_example, forward_kl
 
 TRIPLETS = [
     Triplet(f"t{i}", f"The first person to walk on {place} is {name}.",

@@ -11,10 +11,10 @@ from conftest import make_gpt2, make_llama
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions
+from promptstep.experiments.multicontext import evaluate_groups, random_groups, summarize_groups, updated_parameters
 from promptstep.formats import Format
 from promptstep.meta import MetaOptions, MetaTrainer
-from promptstep.multicontext import evaluate_groups, random_groups, summarize_groups, updated_parameters
-from promptstep.objectives import build_example
+from promptstep.meta.objectives import build_example
 
 TRIPLETS = [
     Triplet("a", "The first person to walk on Mars is Evan Armstrong.", "The first person on Mars was",

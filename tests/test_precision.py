@@ -8,8 +8,8 @@ import torch
 from conftest import make_gpt2, make_llama
 from promptstep.errors import InputError
 from promptstep.meta import MetaOptions, MetaTrainer
+from promptstep.meta.objectives import build_example
 from promptstep.models import check_second_order
-from promptstep.objectives import build_example
 from promptstep.precision import checkpointed_layers, compute_dtype, meta_step_context
 from test_meta import TRIPLETS, _fmt
 

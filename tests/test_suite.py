@@ -132,7 +132,7 @@ def test_single_commands_and_report(saved_gpt2_256, tmp_path, capsys):
 def test_suite_evaluations_take_the_inner_step_the_models_were_trained_for(tmp_path, monkeypatch):
     """controls / multi-context / cross evaluate with the meta config's inner lr, steps, parameter subset and
     rule (block meta + the experiment's own meta), not plain one-step SGD on every parameter (a drift bug)."""
-    from promptstep import suite as suite_module
+    from promptstep.commands import reproduce as suite_module
 
     made: dict[str, object] = {}
     monkeypatch.setattr(suite_module.BlockRunner, "meta", lambda self, task, *a, **k: tmp_path / f"meta-{task}")

@@ -10,9 +10,9 @@ import torch
 from conftest import make_gpt2
 from promptstep.cli import main
 from promptstep.data.triplets import Triplet, load_triplets
+from promptstep.experiments.transfer import joint_objective
 from promptstep.formats import Format
 from promptstep.prepare import PrepareOptions, answer_nll, choose_subset
-from promptstep.transfer import joint_objective
 
 SUBSET = [Triplet(f"s{i}", f"Fact {i} is about {n}.", f"Fact {i} is about", n)
           for i, n in enumerate(["Evan Armstrong", "Mira Tolland", "Ada Quill"])]
@@ -58,8 +58,8 @@ def test_transfer_command_rows_match_the_plain_commands(saved_gpt2_256, tmp_path
 def test_transfer_scores_ft_with_the_inner_rule_it_meta_trained_with(saved_gpt2_256, tmp_path, monkeypatch):
     """A transfer run meta-trained with --inner-rule lcgd scores FT with Layer-Causal GD too (a drift bug:
     it used plain SGD)."""
-    from promptstep import experiments
-    from promptstep.analysis.rules import layer_causal_gradients
+    from promptstep.commands import transfer as experiments
+    from promptstep.rules.lcgd import layer_causal_gradients
 
     data = tmp_path / "char"
     assert main(["data", "character", "--out", str(data), "--n-train", "8", "--n-test", "4"]) == 0

@@ -6,3 +6,7 @@ class InputError(Exception):
 
     The message is one line that names the problem (and the file and line where there is one).
     """
+
+
+class TrainingStopped(Exception):
+    """Meta-training stopped early (repeated non-finite steps, a full disk); the last good checkpoint is kept."""

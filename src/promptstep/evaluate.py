@@ -12,7 +12,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, starts_with_answer
-from promptstep.updates import GradientFn, context_gradients, inner_step, select_parameters, swapped_parameters
+from promptstep.updates import GradientFn, inner_step, select_parameters, swapped_parameters
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
 
@@ -28,7 +28,7 @@ class EvalOptions:
     max_new_tokens: int = 16
     batch_size: int = 16
     fmt: Format = field(default_factory=Format)
-    gradients: GradientFn = context_gradients
+    gradients: GradientFn | None = None  # the FT rule (None: plain SGD)
 
     def ft_label(self, lr: float) -> str:
         """Setting name of FT at `lr`: plain 'ft' when only one learning rate is evaluated."""

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -101,8 +102,6 @@ def load_model(
 
     A directory holding a PEFT adapter loads its base model with the adapter on top (see lora.py)."""
     if (Path(spec).expanduser() / "adapter_config.json").is_file():
-        from promptstep.lora import load_adapter_model
-
         return load_adapter_model(Path(spec).expanduser(), dtype=dtype, attn_implementation=attn_implementation,
                                   device=device, trust_remote_code=trust_remote_code)
     path = resolve_model_path(spec)
@@ -164,3 +163,12 @@ def check_second_order(model: PreTrainedModel) -> None:
             f"model attention '{impl}' has no double backward, so second-order meta-gradients fail ({reason}); "
             "load it with attn_implementation='eager' (--attn eager) or set first_order"
         ) from None
+
+
+def load_adapter_model(path: str | Path, **load_options) -> tuple[PeftModel, object]:
+    """(model, tokenizer): the base model named in a saved PEFT adapter, loaded with `load_model(**load_options)`,
+    with the adapter on top and trainable, so an FT step moves the adapter only."""
+    config = LoraConfig.from_pretrained(str(path))
+    base, tokenizer = load_model(config.base_model_name_or_path, **load_options)
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+    return model.eval(), tokenizer

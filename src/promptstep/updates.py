@@ -54,15 +54,6 @@ def sgd_update(params: ParamDict, grads: ParamDict, lr: float) -> ParamDict:
     return {name: p - lr * grads[name] for name, p in params.items()}
 
 
-def context_gradients(
-    model: torch.nn.Module, params: ParamDict, batch: dict[str, torch.Tensor], create_graph: bool
-) -> ParamDict:
-    """Gradient of the context's LM loss with respect to `params`, keeping the graph if asked."""
-    loss = lm_loss(model, params, batch)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"inner loss is {loss.item()}")
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph, allow_unused=True)
-    return {name: (torch.zeros_like(p) if g is None else g) for (name, p), g in zip(params.items(), grads)}
 
 
 def inner_step(
@@ -74,7 +65,7 @@ def inner_step(
     steps: int = 1,
     first_order: bool = False,
     differentiable: bool = True,
-    gradients: GradientFn = context_gradients,
+    gradients: GradientFn | None = None,
 ) -> ParamDict:
     """`steps` plain SGD steps of size `lr` on the LM loss of `batch`.
 
@@ -83,6 +74,10 @@ def inner_step(
     `params` (second order unless `first_order`, where the gradients are treated as constants);
     differentiable=False returns detached tensors for evaluation.
     """
+    if gradients is None:
+        from promptstep.rules import gradient_fn
+
+        gradients = gradient_fn("sgd")
     if lr < 0 or steps < 1:
         raise InputError(f"inner step needs lr >= 0 and steps >= 1 (got lr={lr}, steps={steps})")
     if not differentiable:

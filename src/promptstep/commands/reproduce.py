@@ -35,30 +35,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from promptstep.commands import (
-    DataConfig,
-    EvalConfig,
-    MetaTrainConfig,
-    PrepareConfig,
-    run_data,
-    run_eval,
-    run_meta_train,
-    run_prepare,
-)
+from promptstep.commands.controls import ControlsConfig, run_controls
+from promptstep.commands.data import DataConfig, run_data
+from promptstep.commands.distract import DistractConfig, run_distract
+from promptstep.commands.eval import EvalConfig, run_eval
+from promptstep.commands.meta_train import MetaTrainConfig, run_meta_train
+from promptstep.commands.multi_context import MultiContextConfig, run_multi_context
+from promptstep.commands.prepare import PrepareConfig, run_prepare
+from promptstep.commands.report import ReportConfig, run_report
+from promptstep.commands.transfer import TransferConfig, run_transfer
 from promptstep.config import build_config, read_yaml
 from promptstep.errors import InputError
-from promptstep.experiments import (
-    ControlsConfig,
-    DistractConfig,
-    MultiContextConfig,
-    TransferConfig,
-    run_controls,
-    run_distract,
-    run_multi_context,
-    run_transfer,
-)
+from promptstep.reporting.paper_tables import METRICS
 from promptstep.runs import check_replaceable, in_progress_dir, is_promptstep_dir, name_from, run_lock, safe_name
-from promptstep.tables import METRICS, ReportConfig, run_report
 
 EXPERIMENT_KEYS = {
     "figure2": {"tasks", "objectives", "meta"},

@@ -25,7 +25,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers.pytorch_utils import Conv1D
 
 from promptstep.errors import InputError
-from promptstep.meta import MetaOptions, MetaTrainer
+from promptstep.meta.options import MetaOptions
+from promptstep.meta.trainer import MetaTrainer
 from promptstep.precision import compute_dtype
 from promptstep.updates import select_parameters
 
@@ -108,14 +109,3 @@ def build_trainer(model: torch.nn.Module, tokenizer, options: MetaOptions, proce
     wrapped = wrap_lora(model, options)
     trainer_class = OuterLoraTrainer if options.lora == "outer" else MetaTrainer
     return trainer_class(wrapped, tokenizer, options, teacher=teacher, processes=processes)
-
-
-def load_adapter_model(path: str | Path, **load_options) -> tuple[PeftModel, object]:
-    """(model, tokenizer): the base model named in a saved PEFT adapter, loaded with `load_model(**load_options)`,
-    with the adapter on top and trainable, so an FT step moves the adapter only."""
-    from promptstep.models import load_model
-
-    config = LoraConfig.from_pretrained(str(path))
-    base, tokenizer = load_model(config.base_model_name_or_path, **load_options)
-    model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
-    return model.eval(), tokenizer

@@ -23,8 +23,7 @@ from promptstep.analysis.metrics import (
     top_k_overlap,
     update,
 )
-from promptstep.analysis.report import markdown_summary, plot_layers
-from promptstep.analysis.rules import INNER_RULES, finetune, masked, trainable
+from promptstep.analysis.rules import finetune, masked, trainable
 from promptstep.analysis.tasks import (
     POSITIONS,
     Probe,
@@ -40,6 +39,8 @@ from promptstep.errors import InputError
 from promptstep.formats import Format
 from promptstep.metrics import mean_se
 from promptstep.models import load_model, max_length
+from promptstep.reporting.analysis import markdown_summary, plot_layers
+from promptstep.rules import RULES, gradient_fn
 from promptstep.runs import name_from, run_dir, staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 from promptstep.updates import ParamDict, swapped_parameters
 
@@ -78,7 +79,7 @@ class AnalyzeConfig:
     overwrite: bool = False
 
     def validate(self) -> None:
-        choices = (("task", (self.task,), TASKS), ("rules", self.rules, tuple(INNER_RULES)),
+        choices = (("task", (self.task,), TASKS), ("rules", self.rules, RULES),
                    ("baselines", self.baselines, BASELINES), ("position", (self.position,), POSITIONS))
         for key, values, allowed in choices:
             for value in values:
@@ -114,7 +115,7 @@ def model_labels(specs: Sequence[str]) -> list[str]:
 def build_variants(config: AnalyzeConfig, tokenizer) -> list[list[ProbeGroup]]:
     """The probe groups, then (MR with permutations) the same test inputs with the demonstrations re-ordered."""
     if config.task == "character":
-        from promptstep.commands import load_split
+        from promptstep.commands.common import load_split
 
         return [character_groups(tokenizer, load_split(config.data, config.split, config.n_test), Format(),
                                  config.position)]
@@ -186,7 +187,7 @@ def analyze_model(model, tokenizer, variants: list[list[ProbeGroup]], config: An
                   ) -> list[dict]:
     """Per-example rows for one model: full recordings for the first ordering, distributions for the others."""
     params, masks = trainable(model, config.train_params)
-    rules = {rule: masked(INNER_RULES[rule], masks) for rule in config.rules}
+    rules = {rule: masked(gradient_fn(rule), masks) for rule in config.rules}
     generator = torch.Generator().manual_seed(config.seed)
     rows: list[dict] = []
     distributions: dict[tuple[str, str], list[torch.Tensor]] = {}

@@ -1,4 +1,4 @@
-"""`promptstep report RUN...`: the paper's Tables 1–5 and a Figure-2-style chart from run directories, each table
+"""The paper's Tables 1–5 and a Figure-2-style chart from run directories, each table
 beside the paper's own numbers (paper.py).
 
 Runs are found by walking the given directories: meta-train runs (config with an `objective`), and the
@@ -19,11 +19,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from promptstep import paper  # noqa: E402
-from promptstep.config import config_dict, read_yaml  # noqa: E402
+from promptstep.config import read_yaml  # noqa: E402
 from promptstep.errors import InputError  # noqa: E402
-from promptstep.report import format_cell  # noqa: E402
-from promptstep.runs import staged_dir, write_yaml  # noqa: E402
+from promptstep.reporting import paper  # noqa: E402
+from promptstep.reporting.render import format_cell  # noqa: E402
 
 METRICS = ("tok_acc", "em", "starts")
 LEAK = {"tok_acc": "leak_tok_acc", "em": "leak_em", "starts": "leak_starts"}
@@ -367,36 +366,3 @@ def report_markdown(tables: Sequence[Table], runs: Sequence[Run], figure: bool) 
         if table.paper:
             parts += [f"*{table.paper.title}:*", "", table.paper.markdown(), ""]
     return "\n".join(parts)
-
-
-@dataclass
-class ReportConfig:
-    """`promptstep report RUN...`: paper-style tables (markdown + CSV) and a Figure-2-style PNG from runs."""
-
-    runs: tuple[str, ...] = ()
-    out: str = ""
-    metric: str = "tok_acc"
-    overwrite: bool = False
-
-    def validate(self) -> None:
-        if not self.runs:
-            raise InputError("report needs at least one run directory: promptstep report RUN [RUN ...]")
-        if self.metric not in METRICS:
-            raise InputError(f"unknown metric '{self.metric}' (choose from {', '.join(METRICS)})")
-
-
-def run_report(config: ReportConfig) -> Path:
-    runs = find_runs(config.runs)
-    out = Path(config.out) if config.out else Path(config.runs[0]) / "report"
-    tables = build_report(runs, config.metric)
-    with staged_dir(out, config.overwrite) as staging:
-        figure = plot_figure2(runs, config.metric, staging / "figure2.png")
-        text = report_markdown(tables, runs, figure)
-        (staging / "report.md").write_text(text, encoding="utf-8")
-        for table in tables:
-            if table.rows:
-                table.write_csv(staging / f"{table.name}.csv")
-        write_yaml(staging / "config.yaml", config_dict(config))
-    print(text)
-    print(f"report in {out / 'report.md'}")
-    return out

@@ -1,0 +1,1 @@
+"""One module per CLI command: its config dataclass (the options) and its `run_*` workflow."""

@@ -1,0 +1,63 @@
+"""What the command modules share: loading a model from a config, reading a dataset split, checking values,
+writing the standard run files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from promptstep.config import config_dict
+from promptstep.data.triplets import Triplet, load_triplets
+from promptstep.errors import InputError
+from promptstep.runs import write_json, write_jsonl, write_summary_csv, write_yaml
+
+if TYPE_CHECKING:
+    from promptstep.formats import Format
+
+
+def positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise InputError(f"config key '{name}' must be positive, got {value}")
+
+
+def check_rule(rule: str) -> None:
+    """Refuse an unknown inner update rule (the FT step's rule: sgd or lcgd)."""
+    from promptstep.rules import gradient_fn
+
+    gradient_fn(rule)
+
+
+def load_from_config(config, spec: str | None = None):
+    """(model, tokenizer) of `spec` (default: the config's model) on the config's device."""
+    from promptstep.distributed import resolve_device
+    from promptstep.models import load_model
+
+    return load_model(spec or config.model, attn_implementation=config.attn, device=resolve_device(config.device),
+                      trust_remote_code=getattr(config, "trust_remote_code", False))
+
+
+def dataset_file(data: str, split: str) -> Path:
+    """The JSONL file of `split` in a dataset directory, or `data` itself when it is a file."""
+    path = Path(data)
+    return path / f"{split}.jsonl" if path.is_dir() else path
+
+
+def load_split(data: str, split: str, limit: int | None) -> list[Triplet]:
+    triplets = load_triplets(dataset_file(data, split))
+    return triplets[:limit] if limit else triplets
+
+
+def fitted_split(model, tokenizer, data: str, split: str, limit: int | None, fmt: Format | None = None, truncate=False):
+    from promptstep.formats import Format, fit_lengths  # noqa: F811 - the runtime import of the annotation
+    from promptstep.models import max_length
+
+    triplets = load_split(data, split, limit)
+    return fit_lengths(triplets, tokenizer, max_length(model, tokenizer), fmt or Format(), truncate,
+                       str(dataset_file(data, split)))
+
+
+def write_run_files(staging: Path, config, records: list[dict], summary: dict, csv_rows: dict) -> None:
+    write_yaml(staging / "config.yaml", config_dict(config))
+    write_jsonl(staging / "records.jsonl", records)
+    write_json(staging / "summary.json", summary)
+    write_summary_csv(staging / "metrics.csv", csv_rows)

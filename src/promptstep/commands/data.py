@@ -1,0 +1,110 @@
+"""`promptstep data TASK --out DIR`: build a triplet dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptstep.commands.common import (
+    positive,
+)
+from promptstep.config import config_dict
+from promptstep.data.triplets import Triplet, write_triplets
+from promptstep.errors import InputError
+from promptstep.runs import staged_dir, write_json, write_yaml
+
+
+@dataclass
+class DataConfig:
+    """`promptstep data TASK --out DIR`: build a triplet dataset (train.jsonl, test.jsonl, meta.json, config.yaml)."""
+
+    task: str = "character"
+    out: str = ""
+    n_train: int | None = None
+    n_test: int | None = None
+    seed: int = 0
+    source: str | None = None
+    variant: str = "wikitext-103-raw-v1"
+    query_words: int = 1
+    answer_words: int = 5
+    min_context_words: int = 20
+    max_context_words: int = 150
+    min_paragraph_words: int = 30
+    max_passage_words: int | None = None
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not self.out:
+            raise InputError("data needs --out DIR")
+        for key in ("n_train", "n_test", "max_passage_words"):
+            if getattr(self, key) is not None:
+                positive(key, getattr(self, key))
+        positive("min_paragraph_words", self.min_paragraph_words)
+        self.spans().validate()
+
+    def spans(self):
+        from promptstep.data.prose import SpanOptions
+
+        return SpanOptions(self.query_words, self.answer_words, self.min_context_words, self.max_context_words)
+
+
+SYNTHETIC_SIZES = {"train": 5000, "test": 500}
+
+
+REAL_TASKS = ("squad", "wikitext", "wiki-offline")
+
+
+def _real_split(config: DataConfig, split: str) -> tuple[list[Triplet], dict]:
+    """One split of a real-text task, sampled down to n_train / n_test, and how many records were kept/dropped."""
+    from promptstep.data.prose import prose_triplets, sample
+
+    if config.task == "squad":
+        from promptstep.data.squad import squad_rows, squad_triplets
+
+        triplets, dropped = squad_triplets(squad_rows(config.source or "rajpurkar/squad", split),
+                                           max_context_words=config.max_passage_words)
+    else:
+        if config.task == "wikitext":
+            from promptstep.data.wikitext import DEFAULT_HUB, load_wikitext
+
+            paragraphs = load_wikitext(config.source or DEFAULT_HUB, split, config.variant)
+        else:
+            from promptstep.data.wiki_offline import wiki_offline_paragraphs
+
+            paragraphs = wiki_offline_paragraphs(split, config.min_paragraph_words,
+                                                 Path(config.source) if config.source else None)
+        triplets, dropped = prose_triplets(paragraphs, config.spans(), config.seed)
+    if not triplets:
+        raise InputError(f"{config.task} {split}: preprocessing kept no records ({dict(dropped)})")
+    limit = config.n_train if split == "train" else config.n_test
+    kept = sample(triplets, limit, config.seed)
+    return kept, {"records": len(triplets) + sum(dropped.values()), "usable": len(triplets), "kept": len(kept),
+                  "dropped": dict(dropped)}
+
+
+def run_data(config: DataConfig) -> Path:
+    from promptstep.data.synthetic import TASKS, generate
+    from promptstep.runs import check_run_dir
+
+    out = Path(config.out)
+    check_run_dir(out, config.overwrite)
+    if config.task in TASKS:
+        train, test, meta = generate(config.task, config.n_train or SYNTHETIC_SIZES["train"],
+                                     config.n_test or SYNTHETIC_SIZES["test"], config.seed)
+    elif config.task in REAL_TASKS:
+        (train, train_stats), (test, test_stats) = (_real_split(config, s) for s in ("train", "test"))
+        meta = {"task": config.task, "source": config.source, "seed": config.seed, "train": train_stats,
+                "test": test_stats}
+        for split, stats in (("train", train_stats), ("test", test_stats)):
+            reasons = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items()) or "none"
+            print(f"{split}: {stats['records']} records, {stats['usable']} usable (dropped: {reasons}), "
+                  f"kept {stats['kept']}")
+    else:
+        raise InputError(f"unknown data task '{config.task}' (choose from {', '.join((*TASKS, *REAL_TASKS))})")
+    with staged_dir(out, config.overwrite) as staging:
+        write_triplets(staging / "train.jsonl", train)
+        write_triplets(staging / "test.jsonl", test)
+        write_json(staging / "meta.json", meta)
+        write_yaml(staging / "config.yaml", config_dict(config))
+    print(f"wrote {len(train)} train / {len(test)} test triplets to {out}")
+    return out

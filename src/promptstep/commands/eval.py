@@ -1,0 +1,104 @@
+"""`promptstep eval`: No Context / Prompt / one-step Fine-Tuning on a triplet file."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptstep.commands.common import (
+    check_rule,
+    dataset_file,
+    load_from_config,
+    load_split,
+    positive,
+)
+from promptstep.config import config_dict
+from promptstep.distributed import resolve_device
+from promptstep.errors import InputError
+from promptstep.evaluate import EvalOptions, evaluate, summarize
+from promptstep.formats import SETTINGS, Format, fit_lengths
+from promptstep.models import max_length
+from promptstep.reporting.render import markdown_table, plot_settings
+from promptstep.runs import name_from, run_dir, staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+
+
+@dataclass
+class EvalConfig:
+    """`promptstep eval`: score NC / Prompt / FT on a triplet file and write a run directory."""
+
+    model: str = "smollm2-135m"
+    data: str = ""
+    split: str = "test"
+    settings: tuple[str, ...] = ("nc", "prompt", "ft")
+    lrs: tuple[float, ...] = (1e-3,)
+    steps: int = 1
+    param_filter: str | None = None
+    rule: str = "sgd"
+    limit: int | None = None
+    max_new_tokens: int = 16
+    batch_size: int = 16
+    separator: str = " "
+    truncate: bool = False
+    attn: str = "eager"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    name: str | None = None
+    runs_dir: str = "runs"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not self.data:
+            raise InputError("eval needs --data (a dataset directory or a .jsonl file)")
+        for setting in self.settings:
+            if setting not in SETTINGS:
+                raise InputError(f"unknown setting '{setting}' (choose from {', '.join(SETTINGS)})")
+        if not self.settings:
+            raise InputError("config key 'settings' is empty")
+        if not self.lrs:
+            raise InputError("config key 'lrs' is empty")
+        for lr in self.lrs:
+            positive("lrs", lr)
+        check_rule(self.rule)
+        for key in ("steps", "max_new_tokens", "batch_size"):
+            positive(key, getattr(self, key))
+        if self.limit is not None:
+            positive("limit", self.limit)
+        resolve_device(self.device)
+
+    def options(self) -> EvalOptions:
+        from promptstep.rules import gradient_fn
+
+        return EvalOptions(
+            settings=self.settings,
+            lrs=self.lrs,
+            steps=self.steps,
+            param_filter=self.param_filter,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            fmt=Format(separator=self.separator),
+            gradients=gradient_fn(self.rule),
+        )
+
+
+def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    """Evaluate and publish `runs/<name>/` with config, records, summary, metrics.csv and a plot."""
+    out = run_dir(config.runs_dir, config.name or name_from("eval", Path(config.data).stem, config.model))
+    triplets = load_split(config.data, config.split, config.limit)
+    with staged_dir(out, config.overwrite) as staging:
+        model, tokenizer = model_and_tokenizer or load_from_config(config)
+        options = config.options()
+        source = str(dataset_file(config.data, config.split))
+        triplets = fit_lengths(triplets, tokenizer, max_length(model, tokenizer), options.fmt, config.truncate,
+                               source)
+        write_yaml(staging / "config.yaml", config_dict(config))
+        start = time.time()
+        records = evaluate(model, tokenizer, triplets, options)
+        summary = summarize(records)
+        write_jsonl(staging / "records.jsonl", records)
+        write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "settings": summary})
+        write_summary_csv(staging / "metrics.csv", summary)
+        plot_settings({config.model: summary}, staging / "settings.png", f"{config.model} on {source}")
+    print(markdown_table({config.model: summary}))
+    print(f"results in {out}")
+    return out, summary

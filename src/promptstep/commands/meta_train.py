@@ -1,0 +1,254 @@
+"""`promptstep meta-train`: meta-train so one inner step on a context acts like prompting with it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptstep.commands.common import (
+    dataset_file,
+    load_split,
+    positive,
+)
+from promptstep.config import config_dict
+from promptstep.distributed import resolve_device
+from promptstep.errors import InputError, TrainingStopped
+from promptstep.formats import Format, fit_lengths
+from promptstep.meta.options import MetaOptions
+from promptstep.models import load_model, max_length
+from promptstep.reporting.render import markdown_table, plot_settings, plot_training
+from promptstep.runs import run_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+
+
+@dataclass
+class MetaTrainConfig(MetaOptions):
+    """`promptstep meta-train`: meta-train so one inner step on a context acts like prompting with it."""
+
+    model: str = "tiny"
+    data: str = ""
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_limit: int | None = None
+    eval_n: int = 100
+    epochs: int = 1
+    max_steps: int | None = None
+    eval_every: int = 0
+    checkpoint_every: int = 50
+    seed: int = 0
+    attn: str = "eager"
+    name: str = "meta"
+    runs_dir: str = "runs"
+    resume: bool = False
+    overwrite: bool = False
+    before_from: str | None = None
+    device: str = "auto"
+    num_processes: int = 1
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if not self.data:
+            raise InputError("meta-train needs --data (a dataset directory)")
+        super().validate()
+        for key in ("eval_n", "epochs", "num_processes"):
+            positive(key, getattr(self, key))
+        if self.batch_size < self.num_processes:
+            raise InputError(f"batch_size {self.batch_size} is smaller than num_processes {self.num_processes}")
+        resolve_device(self.device, several=self.num_processes > 1)
+        for key in ("train_limit", "max_steps"):
+            if getattr(self, key) is not None:
+                positive(key, getattr(self, key))
+        if self.resume and self.overwrite:
+            raise InputError("choose one of --resume and --overwrite")
+
+
+_RESTART_KEYS = ("resume", "overwrite", "num_processes", "device")
+
+
+# Everything the before-evaluation depends on, FT's inner step included.
+_SAME_EVAL_KEYS = ("model", "data", "eval_split", "eval_n", "max_new_tokens", "attn", "inner_lr", "inner_steps",
+                   "inner_params", "inner_rule")
+
+
+def _reused_before(config: MetaTrainConfig) -> dict:
+    """The `before.json` of another meta-train run on the same model and evaluation set (`--before-from RUN`)."""
+    from promptstep.config import read_yaml
+
+    other = Path(config.before_from)
+    if not (other / "before.json").is_file() or not (other / "config.yaml").is_file():
+        raise InputError(f"--before-from {other}: not a meta-train run (needs before.json and config.yaml)")
+    saved = read_yaml(other / "config.yaml")
+    for key in _SAME_EVAL_KEYS:
+        if saved.get(key) != getattr(config, key):
+            raise InputError(f"--before-from {other}: '{key}' was {saved.get(key)!r} there, "
+                             f"{getattr(config, key)!r} here")
+    return json.loads((other / "before.json").read_text())
+
+
+def resumable(out: Path) -> Path | None:
+    """The directory a `--resume` of run `out` continues: its in-progress directory (an interrupted or stopped
+    run) if that holds a checkpoint, else the finished run itself if it kept one (to extend it), else None."""
+    from promptstep.checkpoints import recover
+    from promptstep.runs import in_progress_dir
+
+    for candidate in (in_progress_dir(out), out):
+        if recover(candidate / "checkpoint"):
+            return candidate
+    return None
+
+
+def _check_meta_target(config: MetaTrainConfig, out: Path) -> Path | None:
+    """Before anything is loaded or written: the run `--resume` continues (checked config), or None for a fresh
+    run whose target may be created or replaced."""
+    from promptstep.config import read_yaml
+    from promptstep.runs import check_run_dir, in_progress_dir
+
+    if config.resume:
+        source = resumable(out)
+        if source is None:
+            raise InputError(f"nothing to resume: {out} has no checkpoint")
+        saved = read_yaml(source / "config.yaml")
+        for key, value in config_dict(config).items():
+            if key not in _RESTART_KEYS and saved.get(key) != value:
+                raise InputError(f"--resume with a different config: '{key}' was {saved.get(key)!r}, now {value!r}")
+        return source
+    check_run_dir(out, config.overwrite)
+    work = in_progress_dir(out)
+    if (work / "checkpoint").is_dir() and not config.overwrite:
+        raise InputError(f"{out} has an interrupted run in {work}; pass --resume true to continue it or "
+                         "--overwrite true to start again")
+    return None
+
+
+def _open_work_dir(config: MetaTrainConfig, out: Path, source: Path | None, needed_bytes: int) -> Path:
+    """Under the run's lock: the in-progress directory training writes to, fresh or continued from `source`."""
+    import shutil
+
+    from promptstep.runs import in_progress_dir, require_free_space
+
+    work = in_progress_dir(out)
+    require_free_space(out, needed_bytes)
+    if source == work:
+        return work
+    if work.exists():  # a stale in-progress run (no checkpoint, or --overwrite): ours to remove, we hold the lock
+        shutil.rmtree(work)
+    if source is not None:  # extend a finished run: continue a copy, so the finished run stays until success
+        shutil.copytree(source, work)
+        return work
+    work.mkdir()
+    write_yaml(work / "config.yaml", config_dict(config))
+    return work
+
+
+def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    """Meta-train with evaluation before and after; writes logs, checkpoints, the final model and a plot.
+
+    The run trains in a hidden in-progress directory beside `runs_dir/name` and is published there only when it
+    has finished (an existing run is replaced only then); an interrupted or stopped run keeps its in-progress
+    directory for `--resume true`. `num_processes` > 1 spawns that many local processes (unless a launcher such
+    as `accelerate launch` already started several); each runs this function, only rank 0 writes.
+    """
+    from promptstep import distributed
+
+    out = run_dir(config.runs_dir, config.name)
+    if config.num_processes > 1 and not distributed.launched():
+        _check_meta_target(config, out)
+        distributed.spawn(run_meta_train, config, config.num_processes, (InputError, TrainingStopped))
+        return out, json.loads((out / "summary.json").read_text())
+    with distributed.processes(config.device) as procs:
+        return _meta_train(config, procs, model_and_tokenizer, out)
+
+
+def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) -> tuple[Path, dict]:
+    import shutil
+    from contextlib import ExitStack
+
+    from promptstep.meta.lora import build_trainer
+    from promptstep.models import check_second_order
+    from promptstep.precision import check_precision, meta_step_context
+    from promptstep.runs import publish, run_lock
+
+    source = procs.on_main(lambda: _check_meta_target(config, out))
+    train = load_split(config.data, config.train_split, config.train_limit)
+    eval_set = load_split(config.data, config.eval_split, config.eval_n)
+    model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn,
+                                                         device=procs.device,
+                                                         trust_remote_code=config.trust_remote_code)
+    limit = max_length(model, tokenizer)
+    for split, triplets in ((config.train_split, train), (config.eval_split, eval_set)):
+        fit_lengths(triplets, tokenizer, limit, Format(), False, str(dataset_file(config.data, split)))
+    if len(train) < config.batch_size:
+        raise InputError(f"batch_size {config.batch_size} is larger than the {len(train)} training triplets")
+    check_precision(config.precision, procs.device)
+    if not config.first_order:
+        with meta_step_context(model, config.precision):
+            check_second_order(model)
+    reused_before = _reused_before(config) if config.before_from and not config.resume else None
+    trainer = build_trainer(model, tokenizer, config, processes=procs)  # LC: the teacher is a frozen copy now
+    if source is not None or config.resume:  # checked (another model's? damaged?) before anything is written
+        trainer.restore(procs.broadcast(source) / "checkpoint")
+    with ExitStack() as held:
+        procs.on_main(lambda: held.enter_context(run_lock(out)))  # one writer per run, for the whole run
+        work = procs.broadcast(procs.on_main(lambda: _open_work_dir(config, out, source,
+                                                                    _disk_bytes_needed(model, config))))
+        try:
+            summary = _train_andwrite_run_files(config, procs, trainer, train, eval_set, work, reused_before)
+        except BaseException:
+            if procs.is_main and not (work / "checkpoint").is_dir() and not (work / "train_log.jsonl").is_file():
+                shutil.rmtree(work, ignore_errors=True)  # nothing to resume or read: leave no trace
+            raise
+        if procs.is_main:
+            publish(work, out)
+            print(markdown_table({"before": summary["before"], "after": summary["after"]}))
+            print(f"results in {out}; meta-trained model in {out / 'model'}")
+    return out, summary
+
+
+def _train_andwrite_run_files(config: MetaTrainConfig, procs, trainer, train, eval_set, work: Path,
+                       reused_before: dict | None) -> dict:
+    """Train in `work` (resuming from its checkpoint if `--resume`), evaluate, and write every output there."""
+    from promptstep.meta.loop import batches_for, eval_summary, run_training
+    from promptstep.runs import trim_log
+
+    if config.resume:  # the trainer was restored from this run's checkpoint
+        for log in ("train_log.jsonl", "eval_log.jsonl"):
+            procs.on_main(lambda log=log: trim_log(work / log, trainer.step_count))
+    examples = procs.main_first(lambda: trainer.build_examples(train, progress=procs.is_main))
+    batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
+    if config.resume:
+        before = json.loads((work / "before.json").read_text())
+        if procs.is_main:
+            print(f"resuming {work} at step {trainer.step_count} of {len(batches)}", flush=True)
+    else:
+        before = procs.on_main(lambda: reused_before or eval_summary(trainer, eval_set, progress=True)["summary"])
+        if procs.is_main:
+            write_json(work / "before.json", before)
+    main = procs.is_main
+    result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
+                          eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main)
+    if result["stopped"]:
+        kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
+                if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
+        raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
+    if not main:
+        return {}
+    after_eval = eval_summary(trainer, eval_set, progress=True)
+    after = after_eval["summary"]
+    write_jsonl(work / "records.jsonl", after_eval["records"])
+    summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
+    write_json(work / "summary.json", summary)
+    write_summary_csv(work / "metrics.csv", {f"{stage}/{s}": e for stage, block in (("before", before),
+                                                                                    ("after", after))
+                                             for s, e in block.items()})
+    plot_settings({"before": before, "after": after}, work / "before_after.png",
+                  f"meta-train ({config.objective}) {config.model}")
+    plot_training(work / "train_log.jsonl", work / "training.png")
+    trainer.export(work)
+    return summary
+
+
+def _disk_bytes_needed(model, config: MetaTrainConfig) -> int:
+    """Disk a meta-train run needs: the final model, plus two checkpoints (weights and Adam's two moments) while
+    one replaces the other."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights * (1 + (6 if config.checkpoint_every else 0))

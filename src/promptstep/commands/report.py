@@ -1,0 +1,44 @@
+"""`promptstep report RUN...`: paper-style tables and a Figure-2-style chart from run directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptstep.config import config_dict
+from promptstep.errors import InputError
+from promptstep.reporting.paper_tables import METRICS, build_report, find_runs, plot_figure2, report_markdown
+from promptstep.runs import staged_dir, write_yaml
+
+
+@dataclass
+class ReportConfig:
+    """`promptstep report RUN...`: paper-style tables (markdown + CSV) and a Figure-2-style PNG from runs."""
+
+    runs: tuple[str, ...] = ()
+    out: str = ""
+    metric: str = "tok_acc"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not self.runs:
+            raise InputError("report needs at least one run directory: promptstep report RUN [RUN ...]")
+        if self.metric not in METRICS:
+            raise InputError(f"unknown metric '{self.metric}' (choose from {', '.join(METRICS)})")
+
+
+def run_report(config: ReportConfig) -> Path:
+    runs = find_runs(config.runs)
+    out = Path(config.out) if config.out else Path(config.runs[0]) / "report"
+    tables = build_report(runs, config.metric)
+    with staged_dir(out, config.overwrite) as staging:
+        figure = plot_figure2(runs, config.metric, staging / "figure2.png")
+        text = report_markdown(tables, runs, figure)
+        (staging / "report.md").write_text(text, encoding="utf-8")
+        for table in tables:
+            if table.rows:
+                table.write_csv(staging / f"{table.name}.csv")
+        write_yaml(staging / "config.yaml", config_dict(config))
+    print(text)
+    print(f"report in {out / 'report.md'}")
+    return out

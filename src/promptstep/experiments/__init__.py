@@ -1,0 +1,1 @@
+"""The paper's experiment algorithms: several contexts per update, controls, transfer."""

@@ -1,0 +1,1 @@
+"""Paper tables, Figure 2, markdown / CSV / PNG rendering; read-only over run directories."""

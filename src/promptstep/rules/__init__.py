@@ -1,0 +1,22 @@
+"""Inner update rules, one module each: `gradients(model, params, batch, create_graph)` of the rule's loss.
+
+A rule is a module in this package defining `gradients` (see `sgd.py`); its file name is its name on the command
+line (`--rule`, `--inner-rule`). Listing them imports nothing heavy, so configs can check a name before torch
+loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+RULES = tuple(sorted(module.name for module in pkgutil.iter_modules(__path__)))
+
+
+def gradient_fn(name: str):
+    """The `gradients` function of rule `name` (`updates.GradientFn`)."""
+    if name not in RULES:
+        from promptstep.errors import InputError
+
+        raise InputError(f"unknown rule '{name}' (choose from {', '.join(RULES)})")
+    return importlib.import_module(f"{__name__}.{name}").gradients
