@@ -5,6 +5,11 @@ paraphrases that ask for the person without repeating the description's wording.
 puts the description first in the context ("The mayor of Lima is Evan Marlowe."), Reversal Curse puts the
 name first ("Evan Marlowe is the mayor of Lima."); in both the query is a paraphrase ending just before
 the name, and the answer is the name.
+
+`SyntheticOptions` removes the shortcut "answer with the last name you read": contexts of several facts
+whose other names are plausible wrong answers (same style and split; some of the same family or about the
+same filler), the queried fact at a random position; several name styles; whole families held out into a
+`test_families` split; varied fact phrasings. Its defaults reproduce the original data draw for draw.
 """
 
 from __future__ import annotations
@@ -646,7 +651,6 @@ FACT_TEMPLATES: dict[str, tuple[str, ...]] = {
         "It was announced that {name} is {d}.",
     ),
 }
-SPLIT_NAMES = ("train", "test", "test_families")
 
 
 def heldout_family_keys(k: int) -> tuple[str, ...]:
