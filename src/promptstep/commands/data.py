@@ -31,6 +31,13 @@ class DataConfig:
     max_context_words: int = 150
     min_paragraph_words: int = 30
     max_passage_words: int | None = None
+    # character / reversal only (synthetic.SyntheticOptions; the defaults give the original files byte for byte):
+    facts: tuple[int, ...] = (1,)  # facts per context, drawn uniformly from the list (1,2,2: 2 twice as often)
+    same_family: float = 0.25  # P(a distractor fact is of the queried family, another filler)
+    same_filler: float = 0.25  # P(a distractor fact is of another family, the queried filler)
+    name_styles: tuple[str, ...] = ("invented",)  # invented, common, initials, titled, hyphenated; one per triplet
+    heldout_families: int = 0  # K > 0: K families only in test_families.jsonl, never in train/test
+    templates: str = "canonical"  # canonical | varied fact phrasings
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -41,6 +48,20 @@ class DataConfig:
                 positive(key, getattr(self, key))
         positive("min_paragraph_words", self.min_paragraph_words)
         self.spans().validate()
+        from promptstep.data.synthetic import SyntheticOptions
+
+        options = self.synthetic()
+        options.validate()
+        if self.task in REAL_TASKS and options != SyntheticOptions():
+            raise InputError("options facts, same_family, same_filler, name_styles, heldout_families and templates "
+                             f"apply only to the character and reversal tasks, not to {self.task}")
+
+    def synthetic(self):
+        from promptstep.data.synthetic import SyntheticOptions
+
+        return SyntheticOptions(facts=self.facts, same_family=self.same_family, same_filler=self.same_filler,
+                                name_styles=self.name_styles, heldout_families=self.heldout_families,
+                                templates=self.templates)
 
     def spans(self):
         from promptstep.data.prose import SpanOptions
@@ -83,18 +104,20 @@ def _real_split(config: DataConfig, split: str) -> tuple[list[Triplet], dict]:
 
 
 def run_data(config: DataConfig) -> Path:
-    from promptstep.data.synthetic import TASKS, generate
+    from promptstep.data.synthetic import TASKS, generate_splits
     from promptstep.runs import check_run_dir
 
     out = Path(config.out)
     check_run_dir(out, config.overwrite)
     if config.task in TASKS:
-        train, test, meta = generate(config.task, config.n_train or SYNTHETIC_SIZES["train"],
-                                     config.n_test or SYNTHETIC_SIZES["test"], config.seed)
+        splits, meta = generate_splits(config.task, config.n_train or SYNTHETIC_SIZES["train"],
+                                       config.n_test or SYNTHETIC_SIZES["test"], config.seed, config.synthetic())
+        train, test = splits["train"], splits["test"]
     elif config.task in REAL_TASKS:
         (train, train_stats), (test, test_stats) = (_real_split(config, s) for s in ("train", "test"))
         meta = {"task": config.task, "source": config.source, "seed": config.seed, "train": train_stats,
                 "test": test_stats}
+        splits = {"train": train, "test": test}
         for split, stats in (("train", train_stats), ("test", test_stats)):
             reasons = ", ".join(f"{n} {why}" for why, n in stats["dropped"].items()) or "none"
             print(f"{split}: {stats['records']} records, {stats['usable']} usable (dropped: {reasons}), "
@@ -102,9 +125,9 @@ def run_data(config: DataConfig) -> Path:
     else:
         raise InputError(f"unknown data task '{config.task}' (choose from {', '.join((*TASKS, *REAL_TASKS))})")
     with staged_dir(out, config.overwrite) as staging:
-        write_triplets(staging / "train.jsonl", train)
-        write_triplets(staging / "test.jsonl", test)
+        for split, items in splits.items():  # train, test and, with held-out families, test_families
+            write_triplets(staging / f"{split}.jsonl", items)
         write_json(staging / "meta.json", meta)
         write_yaml(staging / "config.yaml", config_dict(config))
-    print(f"wrote {len(train)} train / {len(test)} test triplets to {out}")
+    print(f"wrote {' / '.join(f'{len(items)} {split}' for split, items in splits.items())} triplets to {out}")
     return out

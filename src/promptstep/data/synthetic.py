@@ -5,14 +5,21 @@ paraphrases that ask for the person without repeating the description's wording.
 puts the description first in the context ("The mayor of Lima is Evan Marlowe."), Reversal Curse puts the
 name first ("Evan Marlowe is the mayor of Lima."); in both the query is a paraphrase ending just before
 the name, and the answer is the name.
+
+`SyntheticOptions` removes the shortcut "answer with the last name you read": contexts of several facts
+whose other names are plausible wrong answers (same style and split; some of the same family or about the
+same filler), the queried fact at a random position; several name styles; whole families held out into a
+`test_families` split; varied fact phrasings. Its defaults reproduce the original data draw for draw.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import random
 from dataclasses import dataclass
 
-from promptstep.data.names import sample_name
+from promptstep.data.names import NAME_STYLES, iter_names, name_pool, name_split, sample_name_key
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 
@@ -538,19 +545,118 @@ def render_description(family: Family, filler: str) -> str:
     return _fill(family.description, filler)
 
 
-def render_fact(family: Family, filler: str, name: str, order: str) -> str:
-    """One context sentence stating that `name` fits the description, in either order."""
+def render_fact(family: Family, filler: str, name: str, order: str, template: int = 0) -> str:
+    """One context sentence stating that `name` fits the description, in either order.
+
+    `template` indexes FACT_TEMPLATES[order]; 0 is the canonical phrasing ("{D} is {name}." / "{name} is {d}.").
+    """
+    if order not in FACT_TEMPLATES:
+        raise InputError(f"unknown fact order '{order}' (choose from {', '.join(ORDERS)})")
     description = render_description(family, filler)
-    if order == "description_first":
-        return f"{_capitalize(description)} is {name}."
-    if order == "name_first":
-        return f"{name} is {description}."
-    raise InputError(f"unknown fact order '{order}' (choose from {', '.join(ORDERS)})")
+    text = FACT_TEMPLATES[order][template]
+    return text.replace("{D}", _capitalize(description)).replace("{d}", description).replace("{name}", name)
 
 
 def render_query(family: Family, filler: str, paraphrase_index: int) -> str:
     """A paraphrased question about the description, ending just before the name."""
     return _fill(family.paraphrases[paraphrase_index], filler)
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class SyntheticOptions:
+    """How contexts, names and splits are drawn. The defaults reproduce the original data byte for byte.
+
+    facts: how many facts a context holds, drawn uniformly from this tuple (repeat a count to weight it:
+      (1, 2, 2) → one fact 1/3 of the time, two facts 2/3). The queried fact sits at a uniformly random
+      position; every other fact names a person of the answer's style and split (a plausible wrong answer).
+    same_family: probability that a distractor fact is of the queried fact's family with another filler
+      ("The mayor of Oslo is …" beside "The mayor of Lima is …").
+    same_filler: probability that a distractor fact is of another family about the queried fact's filler
+      ("The head chef of the best restaurant in Lima is …"); otherwise it is of another family, any filler.
+    name_styles: name styles (names.NAME_STYLES), one drawn uniformly per triplet (repeats weight it).
+    heldout_families: the first K families ranked by SHA-256 of their key never appear in train or test;
+      they make a third split, test_families (unseen family, unseen name, n_test triplets).
+    templates: 'canonical' (one phrasing per order) or 'varied' (FACT_TEMPLATES, drawn per fact).
+    """
+
+    facts: tuple[int, ...] = (1,)
+    same_family: float = 0.25
+    same_filler: float = 0.25
+    name_styles: tuple[str, ...] = ("invented",)
+    heldout_families: int = 0
+    templates: str = "canonical"
+
+    def validate(self) -> None:
+        if not self.facts:
+            raise InputError("config key 'facts' is empty (give fact counts such as 1,2,3)")
+        for count in self.facts:
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_FACTS:
+                raise InputError(f"config key 'facts': each count must be an integer in 1..{MAX_FACTS}, got {count!r}")
+        for key in ("same_family", "same_filler"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise InputError(f"config key '{key}' must be a probability in [0, 1], got {value!r}")
+        if self.same_family + self.same_filler > 1.0 + 1e-12:
+            raise InputError(f"config keys same_family + same_filler must be at most 1, got "
+                             f"{self.same_family} + {self.same_filler}")
+        if not self.name_styles:
+            raise InputError("config key 'name_styles' is empty (choose from " + ", ".join(NAME_STYLES) + ")")
+        for style in self.name_styles:
+            if style not in NAME_STYLES:
+                raise InputError(f"config key 'name_styles': unknown name style '{style}' "
+                                 f"(choose from {', '.join(NAME_STYLES)})")
+        k = self.heldout_families
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(FAMILIES):
+            raise InputError(f"config key 'heldout_families' must be an integer in 0..{len(FAMILIES) - 1}, got {k!r}")
+        if self.templates not in TEMPLATE_SETS:
+            raise InputError(f"config key 'templates': unknown value '{self.templates}' "
+                             f"(choose from {', '.join(TEMPLATE_SETS)})")
+
+    @property
+    def original(self) -> bool:
+        """True when the options give the original single-fact data (written without the new fields)."""
+        return (set(self.facts) == {1} and set(self.name_styles) == {"invented"} and self.heldout_families == 0
+                and self.templates == "canonical")
+
+    def as_meta(self) -> dict:
+        return {"facts": list(self.facts), "same_family": self.same_family, "same_filler": self.same_filler,
+                "name_styles": list(self.name_styles), "templates": self.templates,
+                "heldout_families": list(heldout_family_keys(self.heldout_families))}
+
+
+MAX_FACTS = 8
+TEMPLATE_SETS = ("canonical", "varied")
+FACT_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "description_first": (
+        "{D} is {name}.",
+        "{D} was {name}.",
+        "Records show that {d} is {name}.",
+        "According to the archives, {d} is {name}.",
+        "As everyone in town knows, {d} is {name}.",
+        "{D}, as it turns out, is {name}.",
+        "It was announced that {d} is {name}.",
+        "{D} is a person named {name}.",
+    ),
+    "name_first": (
+        "{name} is {d}.",
+        "{name} was {d}.",
+        "Records show that {name} is {d}.",
+        "{name} is known to be {d}.",
+        "According to the archives, {name} is {d}.",
+        "{name}, {d}, rarely gives interviews.",
+        "{name} has long been {d}.",
+        "It was announced that {name} is {d}.",
+    ),
+}
+
+
+def heldout_family_keys(k: int) -> tuple[str, ...]:
+    """The k held-out families: all families ranked by the SHA-256 hex digest of their key, the first k."""
+    ranked = sorted(FAMILIES, key=lambda f: hashlib.sha256(f.key.encode("utf-8")).hexdigest())
+    return tuple(f.key for f in ranked[:k])
 
 
 def _check_args(task: str, n_train: int, n_test: int) -> None:
@@ -561,51 +667,209 @@ def _check_args(task: str, n_train: int, n_test: int) -> None:
             raise InputError(f"{label} must be a positive integer, got {count!r}")
 
 
-def _unique_name(rng: random.Random, split: str, used: set[str]) -> str:
-    while True:
-        name = sample_name(rng, split)
-        if name not in used:
-            used.add(name)
-            return name
+# ---------------------------------------------------------------- names
 
 
-def _triplets(task: str, split: str, count: int, rng: random.Random, used: set[str]) -> list[Triplet]:
-    order = TASK_ORDER[task]
-    triplets = []
-    for index in range(count):
-        family = rng.choice(FAMILIES)
-        filler = rng.choice(family.fillers)
-        paraphrase = rng.randrange(len(family.paraphrases))
-        name = _unique_name(rng, split, used)
-        triplets.append(Triplet(
-            id=f"{task}-{split}-{index:06d}",
-            context=render_fact(family, filler, name, order),
-            query=render_query(family, filler, paraphrase),
-            answer=name,
-        ))
-    return triplets
+def _too_many(split: str, style: str, what: str) -> InputError:
+    flag = "--n-train" if split == "train" else "--n-test"
+    return InputError(f"name style '{style}' has {name_pool(style, split)} distinct {split} names, {what} "
+                      f"(each triplet's answer is its own name): lower {flag} or add name styles (--name-styles)")
 
 
-def generate(
-    task: str, n_train: int = 5000, n_test: int = 500, seed: int = 0
-) -> tuple[list[Triplet], list[Triplet], dict]:
-    """Train and test triplets for 'character' or 'reversal', plus a meta dict describing them.
+def _check_name_pools(needs: dict[str, tuple[int, str]], styles: tuple[str, ...]) -> None:
+    """Fail fast when a name split needs more distinct answer names of a style than the style holds.
 
-    The same arguments give the same triplets in every process. Each triplet has its own name; test
-    triplets use only test-split names and train triplets only train-split names.
+    `needs` maps a name split to (how many answers, which files they are for). With several styles the
+    need of each is its expected share; a style that still runs out mid-way is caught by _Names.
     """
+    for split, (total, files) in needs.items():
+        for style in dict.fromkeys(styles):
+            needed = math.ceil(total * styles.count(style) / len(styles))
+            # counting a pool hashes every name in it (about a second for the biggest); do it only when needed
+            if needed > NAME_STYLES[style].size // 1000 and needed > name_pool(style, split):
+                share = "" if len(set(styles)) == 1 else " (its share)"
+                raise _too_many(split, style, f"fewer than the {needed}{share} asked for by {files}")
+
+
+class _Names:
+    """Answer names, each used once across all splits; a pool that runs out is an InputError, not a hang."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.used: set[str] = set()
+
+    def answer(self, split: str, style: str, avoid: str = "") -> tuple[str, str]:
+        draw = NAME_STYLES[style].draw
+        misses, limit = 0, 20_000
+        while True:
+            name, key = draw(self.rng)
+            if name_split(name, key) == split and name not in self.used and (not avoid or name not in avoid):
+                self.used.add(name)
+                return name, key
+            misses += 1
+            if misses >= limit:  # near exhaustion: check exactly whether any usable name is left
+                if not any(n not in self.used and n not in avoid for n in iter_names(style, split)):
+                    raise _too_many(split, style, "and all of them are taken")
+                limit *= 2
+
+    def other(self, split: str, style: str, names: list[str], keys: set[str], text: str) -> tuple[str, str]:
+        """A distractor name: same style and split, a different person, neither inside the other names nor
+        anywhere in the context's text (so every name occurs exactly once)."""
+        for _ in range(100_000):
+            name, key = sample_name_key(self.rng, split, style)
+            if key in keys or name in text or any(name in n or n in name for n in names):
+                continue
+            return name, key
+        raise InputError(f"could not find a distinct {split} name of style '{style}' for a distractor")
+
+
+# ---------------------------------------------------------------- triplets
+
+
+def _draw(rng: random.Random, values: tuple):
+    """A uniform draw from `values` (repeats weight it); no draw at all when there is only one distinct value."""
+    return values[0] if len(set(values)) == 1 else rng.choice(values)
+
+
+def _other_fact(rng: random.Random, family: Family, filler: str, pool: tuple[Family, ...],
+                taken: set[tuple[str, str]], options: SyntheticOptions) -> tuple[Family, str]:
+    """One distractor (family, filler), distinct from every fact already in the context."""
+    u = rng.random()
+    if u < options.same_family:
+        kinds = ("family", "filler", "other")
+    elif u < options.same_family + options.same_filler:
+        kinds = ("filler", "other", "family")
+    else:
+        kinds = ("other", "family", "filler")
+    for kind in kinds:
+        if kind == "family":
+            choices = [(family, x) for x in family.fillers if (family.key, x) not in taken]
+        elif kind == "filler":
+            choices = [(g, filler) for g in pool
+                       if g.key != family.key and filler in g.fillers and (g.key, filler) not in taken]
+        else:
+            families = [g for g in pool if g.key != family.key and any((g.key, x) not in taken for x in g.fillers)]
+            if families:
+                other = rng.choice(families)
+                choices = [(other, x) for x in other.fillers if (other.key, x) not in taken]
+            else:
+                choices = []
+        if choices:
+            return rng.choice(choices)
+    raise InputError("not enough distinct facts for a context")  # unreachable: every family has >= 10 fillers
+
+
+def _triplet(task: str, split: str, name_split_: str, index: int, pool: tuple[Family, ...], heldout: bool,
+             rng: random.Random, names: _Names, options: SyntheticOptions) -> Triplet:
+    order = TASK_ORDER[task]
+    family = rng.choice(pool)
+    filler = rng.choice(family.fillers)
+    paraphrase = rng.randrange(len(family.paraphrases))
+    query = render_query(family, filler, paraphrase)
+    triplet_id = f"{task}-{split}-{index:06d}"
+    if options.original:  # the original sampling, draw for draw
+        name, _ = names.answer(name_split_, "invented")
+        return Triplet(id=triplet_id, context=render_fact(family, filler, name, order), query=query, answer=name)
+    style = _draw(rng, options.name_styles)
+    answer, answer_key = names.answer(name_split_, style, avoid=render_description(family, filler) + " " + query)
+    k = _draw(rng, options.facts)
+    position = rng.randrange(k) if k > 1 else 0
+    n_templates = len(FACT_TEMPLATES[order]) if options.templates == "varied" else 1
+    for _ in range(1000):
+        taken = {(family.key, filler)}
+        others = []
+        for _ in range(k - 1):
+            other = _other_fact(rng, family, filler, pool, taken, options)
+            taken.add((other[0].key, other[1]))
+            others.append(other)
+        facts = [*others[:position], (family, filler), *others[position:]]
+        text = " ".join(render_description(f, x) for f, x in facts) + " " + query
+        if any(answer in render_description(f, x) for f, x in others):
+            continue
+        fact_names, keys = [], {answer_key}
+        known = [answer]
+        for i in range(k):
+            if i == position:
+                fact_names.append(answer)
+                continue
+            name, key = names.other(name_split_, style, known, keys, text)
+            fact_names.append(name)
+            known.append(name)
+            keys.add(key)
+        templates = [rng.randrange(n_templates) if n_templates > 1 else 0 for _ in facts]
+        context = " ".join(render_fact(f, x, n, order, t) for (f, x), n, t in zip(facts, fact_names, templates))
+        if all(context.count(n) == 1 for n in fact_names):
+            break
+    else:
+        raise InputError(f"could not build a context in which every name occurs once ({triplet_id})")
+    tags = {
+        "family": family.key,
+        "family_split": "heldout" if heldout else "seen",
+        "n_facts": k,
+        "position": position,
+        "name_style": style,
+        "template": templates[position],
+        "same_family": sum(f.key == family.key for f, _ in others),
+        "same_filler": sum(f.key != family.key and x == filler for f, x in others),
+        "fact_families": ",".join(f.key for f, _ in facts),
+    }
+    return Triplet(id=triplet_id, context=context, query=query, answer=answer,
+                   distractors=tuple(n for i, n in enumerate(fact_names) if i != position), tags=tags)
+
+
+def generate_splits(
+    task: str, n_train: int = 5000, n_test: int = 500, seed: int = 0, options: SyntheticOptions | None = None
+) -> tuple[dict[str, list[Triplet]], dict]:
+    """Every split ('train', 'test' and, with held-out families, 'test_families') plus a meta dict.
+
+    The same arguments give the same triplets in every process. Each triplet's answer is its own name
+    (unique across all splits); test and test_families use only test-split names, train only train-split
+    names. With default options the train and test triplets are exactly those of the original generator.
+    """
+    options = options or SyntheticOptions()
     _check_args(task, n_train, n_test)
+    options.validate()
+    heldout_keys = set(heldout_family_keys(options.heldout_families))
+    seen = tuple(f for f in FAMILIES if f.key not in heldout_keys)
+    unseen = tuple(f for f in FAMILIES if f.key in heldout_keys)
+    plan = [("train", "train", n_train, seen), ("test", "test", n_test, seen)]
+    if unseen:
+        plan.append(("test_families", "test", n_test, unseen))
+    _check_name_pools({"train": (n_train, f"{n_train} train triplets"),
+                       "test": (n_test * (2 if unseen else 1),
+                                f"{n_test} test + {n_test} test_families triplets" if unseen
+                                else f"{n_test} test triplets")}, options.name_styles)
     rng = random.Random(f"promptstep-synthetic:{task}:{seed}")
-    used: set[str] = set()
-    train = _triplets(task, "train", n_train, rng, used)
-    test = _triplets(task, "test", n_test, rng, used)
+    names = _Names(rng)
+    splits = {
+        split: [_triplet(task, split, name_split_, i, pool, split == "test_families", rng, names, options)
+                for i in range(count)]
+        for split, name_split_, count, pool in plan
+    }
     meta = {
         "task": task,
         "seed": seed,
         "order": TASK_ORDER[task],
-        "n_train": len(train),
-        "n_test": len(test),
+        "n_train": len(splits["train"]),
+        "n_test": len(splits["test"]),
         "n_families": len(FAMILIES),
         "families": [family.key for family in FAMILIES],
+        **options.as_meta(),
+        "splits": {split: len(items) for split, items in splits.items()},
     }
-    return train, test, meta
+    if unseen:
+        meta["n_test_families"] = len(splits["test_families"])
+    return splits, meta
+
+
+def generate(
+    task: str, n_train: int = 5000, n_test: int = 500, seed: int = 0, options: SyntheticOptions | None = None
+) -> tuple[list[Triplet], list[Triplet], dict]:
+    """Train and test triplets for 'character' or 'reversal', plus a meta dict describing them.
+
+    The same arguments give the same triplets in every process. Each triplet has its own name; test
+    triplets use only test-split names and train triplets only train-split names. A 'test_families' split
+    (options.heldout_families > 0) is returned only by `generate_splits`.
+    """
+    splits, meta = generate_splits(task, n_train, n_test, seed, options)
+    return splits["train"], splits["test"], meta

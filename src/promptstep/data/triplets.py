@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptstep.errors import InputError
 
 REQUIRED_FIELDS = ("id", "context", "query", "answer")
+TAG_TYPES = (str, int, float, bool)
+
+
+class Tags(Mapping):
+    """A read-only, hashable mapping of metadata (string keys; string, number or boolean values)."""
+
+    def __init__(self, data: Mapping | Iterable = ()) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> str | int | float | bool:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"Tags({self._data!r})"
 
 
 @dataclass(frozen=True)
@@ -19,6 +43,9 @@ class Triplet:
     """One item: a context to learn from, a query about it, and its answer.
 
     `answers` holds every accepted answer (SQuAD has several); it always contains `answer`.
+    Optional, written to JSONL only when set: `distractors`, the other names the context gives (an output
+    equal to one of them "answered a distractor"), and `tags`, metadata to group results by (e.g. family,
+    n_facts, position, name_style).
     """
 
     id: str
@@ -26,21 +53,61 @@ class Triplet:
     query: str
     answer: str
     answers: tuple[str, ...] = field(default=())
+    distractors: tuple[str, ...] | None = None
+    tags: Mapping | None = None
 
     def __post_init__(self) -> None:
         if not self.answers:
             object.__setattr__(self, "answers", (self.answer,))
         elif self.answer not in self.answers:
             object.__setattr__(self, "answers", (self.answer, *self.answers))
+        if self.distractors is not None and not isinstance(self.distractors, tuple):
+            object.__setattr__(self, "distractors", tuple(self.distractors))
+        if self.tags is not None and not isinstance(self.tags, Tags):
+            object.__setattr__(self, "tags", Tags(self.tags))
 
     def to_json(self) -> dict:
-        return {
+        record = {
             "id": self.id,
             "context": self.context,
             "query": self.query,
             "answer": self.answer,
             "answers": list(self.answers),
         }
+        if self.distractors is not None:
+            record["distractors"] = list(self.distractors)
+        if self.tags is not None:
+            record["tags"] = dict(self.tags)
+        return record
+
+
+def _parse_distractors(value: object, answers: list[str], where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InputError(f"{where}: field 'distractors' must be a list of strings, got {type(value).__name__}")
+    if not all(isinstance(d, str) for d in value):
+        raise InputError(f"{where}: field 'distractors' must hold only strings")
+    for name in value:
+        if not name.strip():
+            raise InputError(f"{where}: field 'distractors' holds an empty name")
+        if name in answers:
+            raise InputError(f"{where}: field 'distractors' holds '{name}', which is also an answer")
+    if len(set(value)) != len(value):
+        raise InputError(f"{where}: field 'distractors' repeats a name")
+    return tuple(value)
+
+
+def _parse_tags(value: object, where: str) -> Tags:
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: field 'tags' must be an object, got {type(value).__name__}")
+    for key, tag in value.items():
+        if not key.strip():
+            raise InputError(f"{where}: field 'tags' has an empty key")
+        if not isinstance(tag, TAG_TYPES):
+            kind = "null" if tag is None else type(tag).__name__
+            raise InputError(f"{where}: tag '{key}' must be a string, number or boolean, got {kind}")
+        if isinstance(tag, float) and not math.isfinite(tag):
+            raise InputError(f"{where}: tag '{key}' is not a finite number")
+    return Tags(value)
 
 
 def _parse_record(record: object, where: str) -> Triplet:
@@ -65,6 +132,8 @@ def _parse_record(record: object, where: str) -> Triplet:
         query=record["query"],
         answer=record["answer"],
         answers=tuple(answers),
+        distractors=_parse_distractors(record["distractors"], answers, where) if "distractors" in record else None,
+        tags=_parse_tags(record["tags"], where) if "tags" in record else None,
     )
 
 
