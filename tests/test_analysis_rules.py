@@ -7,15 +7,14 @@ import torch
 
 from conftest import directional_derivatives, make_gpt2, make_llama
 from promptstep.analysis.hooks import anatomy_of
-from promptstep.analysis.rules import finetune, masked, trainable
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.formats import Format, encode_text, lm_batch
 from promptstep.meta import MetaOptions, MetaTrainer
 from promptstep.meta.objectives import build_example
 from promptstep.rules.lcgd import layer_causal_gradients, layer_losses
-from promptstep.rules.sgd import context_gradients
-from promptstep.updates import select_parameters
+from promptstep.updates import InnerStep, select_parameters
+from promptstep.updates import parameter_subset as trainable
 
 TEXT = "The first person to walk on Mars is Evan Armstrong."
 FACTORIES = {"gpt2": make_gpt2, "llama": make_llama}
@@ -123,7 +122,7 @@ def test_gd_epoch_equals_sequential_manual_sgd_on_kv_columns(tokenizer):
     model = make_gpt2(len(tokenizer), seed=4)
     texts = [encode_text(tokenizer, t) for t in (TEXT, "Mira Tolland is the inventor of the glass violin.")]
     params, masks = trainable(model, "kv")
-    adapted = finetune(model, params, texts, 0.5, masked(context_gradients, masks), tokenizer.pad_token_id)
+    adapted = InnerStep(lr=0.5, params="kv").adapted(model, [lm_batch([ids], tokenizer.pad_token_id) for ids in texts])
     reference = copy.deepcopy(model)
     for ids in texts:
         reference.zero_grad()

@@ -159,3 +159,31 @@ def test_meta_train_cli_with_lora_writes_adapters_that_eval_loads(saved_gpt2_256
         assert (tmp_path / lora / adapter / "adapter_config.json").is_file()
         assert main(["eval", "--model", str(tmp_path / lora / "model"), "--data", str(data), "--runs-dir",
                      str(tmp_path), "--name", f"eval-{lora}", "--max-new-tokens", "2", "--lrs", "0.1"]) == 0
+
+
+@pytest.mark.parametrize("lora", ["inner", "outer"])
+def test_lora_lc_teacher_is_the_adapter_disabled_model_not_a_copy(tokenizer, lora):
+    """LC with LoRA: the teacher is the model itself with its adapter off (no second copy in memory), and it
+    computes exactly what a frozen copy of the starting model computes, also after training moved the adapter."""
+    model = make_gpt2(len(tokenizer), seed=9)
+    reference = copy.deepcopy(model)
+    trainer = build_trainer(model, tokenizer, _options(lora, objective="lc"))
+    assert trainer.teacher is trainer.model
+    examples = trainer.build_examples(TRIPLETS, progress=False)
+    _randomise_b(trainer)
+    trainer.outer_step(examples)
+    from promptstep.meta.objectives import answer_logprobs
+
+    for example in examples:
+        expected = answer_logprobs(reference, None, example.teacher_ids, example.n_answer)
+        assert torch.equal(trainer.teacher_logprobs(example.teacher_ids, example.n_answer), expected)
+    assert not any("lora_" in n and not p.requires_grad for n, p in trainer.model.named_parameters())
+
+
+def test_lora_initialisation_is_seeded(tokenizer):
+    """Two LoRA runs with the same seed start from the same adapter (PEFT draws A at random)."""
+    first, second, other = (build_trainer(make_gpt2(len(tokenizer), seed=1), tokenizer, _options("inner"), seed=s)
+                            for s in (3, 3, 4))
+    for name, p in first.params.items():
+        assert torch.equal(p, second.params[name]), name
+    assert any(not torch.equal(p, other.params[name]) for name, p in first.params.items())

@@ -58,7 +58,7 @@ def test_transfer_command_rows_match_the_plain_commands(saved_gpt2_256, tmp_path
 def test_transfer_scores_ft_with_the_inner_rule_it_meta_trained_with(saved_gpt2_256, tmp_path, monkeypatch):
     """A transfer run meta-trained with --inner-rule lcgd scores FT with Layer-Causal GD too (a drift bug:
     it used plain SGD)."""
-    from promptstep.commands import transfer as experiments
+    from promptstep import evaluate as experiments
     from promptstep.rules.lcgd import layer_causal_gradients
 
     data = tmp_path / "char"
@@ -66,7 +66,7 @@ def test_transfer_scores_ft_with_the_inner_rule_it_meta_trained_with(saved_gpt2_
     rules = []
     real = experiments.evaluate
     monkeypatch.setattr(experiments, "evaluate",
-                        lambda model, tok, triplets, options: rules.append(options.gradients) or
+                        lambda model, tok, triplets, options: rules.append(options.inner.gradients(model)) or
                         real(model, tok, triplets, options))
     assert main(["transfer", "--source", str(data), "--target", str(data), "--model", saved_gpt2_256,
                  "--runs-dir", str(tmp_path / "runs"), "--max-new-tokens", "2", "--inner-lr", "0.1",

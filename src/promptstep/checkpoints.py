@@ -44,6 +44,15 @@ def recover(path: Path) -> bool:
     return path.is_dir()
 
 
+def clean_up(path: Path) -> None:
+    """Undo a swap cut short and remove staging directories left by a save that was killed or interrupted
+    (call only when no save of `path` is under way)."""
+    if recover(path) and _old(path).exists():  # the swap finished but the old copy was not yet removed
+        shutil.rmtree(_old(path), ignore_errors=True)
+    for stale in path.parent.glob(f".{path.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -88,9 +97,7 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optimizer: tor
                     progress: dict[str, Any]) -> None:
     """Write weights, optimizer and progress (with the torch RNG state) to `path`, replacing it atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover(path)
-    for stale in path.parent.glob(f".{path.name}.partial-*"):  # left by a process killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
+    clean_up(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(staging / WEIGHTS))

@@ -12,27 +12,27 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, starts_with_answer
-from promptstep.updates import GradientFn, inner_step, select_parameters, swapped_parameters
+from promptstep.updates import InnerStep
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
 
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """What to evaluate: settings, the FT step (learning rates, rule), decoding and batching."""
+    """What to evaluate: settings, the FT step (the inner step, at one or several learning rates), decoding and
+    batching."""
 
     settings: tuple[str, ...] = ("nc", "prompt", "ft")
-    lrs: tuple[float, ...] = (1e-3,)
-    steps: int = 1
-    param_filter: str | None = None
+    lrs: tuple[float, ...] = ()  # FT at each of these learning rates (empty: the inner step's own)
+    inner: InnerStep = field(default_factory=InnerStep)
     max_new_tokens: int = 16
     batch_size: int = 16
     fmt: Format = field(default_factory=Format)
-    gradients: GradientFn | None = None  # the FT rule (None: plain SGD)
 
-    def ft_label(self, lr: float) -> str:
-        """Setting name of FT at `lr`: plain 'ft' when only one learning rate is evaluated."""
-        return "ft" if len(self.lrs) == 1 else f"ft@{lr:g}"
+    def ft_steps(self) -> list[tuple[str, InnerStep]]:
+        """(setting name, step) of every FT setting: plain 'ft' when only one learning rate is evaluated."""
+        lrs = self.lrs or (self.inner.lr,)
+        return [("ft" if len(lrs) == 1 else f"ft@{lr:g}", self.inner.with_lr(lr)) for lr in lrs]
 
 
 @torch.no_grad()
@@ -170,18 +170,15 @@ def context_batch(tokenizer, triplet: Triplet, fmt: Format, device: torch.device
 def evaluate_finetuned(model, tokenizer, triplets: Sequence[Triplet], options: EvalOptions,
                        progress: bool = True) -> list[dict]:
     """FT records: per triplet and learning rate, step on the context, answer the query, restore weights."""
-    params = select_parameters(model, options.param_filter)
     device = next(model.parameters()).device
     records: list[dict] = []
     for triplet in tqdm(triplets, desc="eval ft", disable=not progress, unit="ex"):
         batch = context_batch(tokenizer, triplet, options.fmt, device)
-        for lr in options.lrs:
-            adapted = inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False,
-                                 gradients=options.gradients)
-            with swapped_parameters(model, adapted):
+        for label, step in options.ft_steps():
+            with step.applied(model, [batch]):
                 (record,) = _answer_with_current_weights(model, tokenizer, [triplet], "ft", options)
-            record["setting"] = options.ft_label(lr)
-            record["lr"] = lr
+            record["setting"] = label
+            record["lr"] = step.lr
             records.append(record)
     return records
 

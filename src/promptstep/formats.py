@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 
 SETTINGS = ("nc", "prompt", "ft")
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ def encode_text(tokenizer, text: str) -> list[int]:
 
 def pad_batch(sequences: list[list[int]], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
     """Pad id lists into `input_ids` and `attention_mask` tensors (right padding unless `left`)."""
+    import torch  # here, not at the top: the CLI imports this module for --help
+
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -82,11 +87,13 @@ def pad_batch(sequences: list[list[int]], pad_id: int, left: bool = False) -> di
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
     """Every tensor of a batch moved to `device`."""
+
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def lm_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """A right-padded batch with `labels` for a next-token loss over every real token."""
+
     batch = pad_batch(sequences, pad_id)
     batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     return batch

@@ -7,14 +7,15 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import torch
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.formats import Format, encode_pair, pad_batch, to_device
-from promptstep.updates import at_least_fp32
+
+if TYPE_CHECKING:
+    import torch
+
 
 
 @dataclass
@@ -45,6 +46,10 @@ def choose_subset(triplets: Sequence[Triplet], n: int, seed: int) -> list[Triple
 
 def answer_nll(model, tokenizer, triplets: Sequence[Triplet], setting: str, fmt: Format) -> torch.Tensor:
     """Mean over triplets of the per-token NLL of answer + suffix after the setting's prefix."""
+    import torch
+
+    from promptstep.updates import at_least_fp32
+
     encoded = [encode_pair(tokenizer, fmt.prefix(t, setting), t.answer + fmt.answer_suffix, fmt.answer_prefix)
                for t in triplets]
     batch = pad_batch([e.ids for e in encoded], tokenizer.pad_token_id)
@@ -62,6 +67,9 @@ def answer_nll(model, tokenizer, triplets: Sequence[Triplet], setting: str, fmt:
 def prepare_format(model, tokenizer, subset: Sequence[Triplet], options: PrepareOptions, fmt: Format | None = None,
                    progress: bool = True) -> list[dict]:
     """Fine-tune `model` in place with AdamW on Prompt-format (+ nc_weight x NC-format) answer NLL; return logs."""
+    import torch
+    from tqdm.auto import tqdm
+
     options.validate()
     fmt = fmt or Format()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,14 +1,17 @@
-"""Inner update rules as pure functions from a parameter dict and a batch to adapted parameters.
+"""The inner step every command shares: `InnerStep` (rule, learning rate, steps, parameter subset), applied as a
+pure function from a parameter dict and a batch to adapted parameters.
 
-The same functions serve evaluation (no graph) and meta-training (a graph through the step, so the outer
-gradient is exact second order unless `first_order`).
+The same step is FT in evaluation (no graph), the inner step of meta-training (a graph through the step, so the
+outer gradient is exact second order unless `first_order`), the irrelevant-context and multi-context controls,
+the analysis instruments and injection. A rule is a module of `promptstep.rules`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call
@@ -33,6 +36,45 @@ def select_parameters(model: torch.nn.Module, pattern: str | None = None, includ
         if not params:
             raise InputError(f"param_filter {pattern!r} matches no parameter of the model")
     return params
+
+
+def parameter_subset(model: torch.nn.Module, spec: str | None) -> tuple[ParamDict, dict[str, torch.Tensor]]:
+    """The parameters an inner step updates, with 0/1 gradient masks for parameters updated only in part.
+
+    spec: None or "all" = every trainable parameter; "kv" = the key and value projections of every layer (Dai /
+    Deutch; for GPT-2's fused c_attn the K and V columns, the Q columns masked); else a regex searched in names.
+    """
+    if spec is None or spec == "all":
+        return select_parameters(model), {}
+    if spec != "kv":
+        return select_parameters(model, spec), {}
+    from promptstep.anatomy import anatomy_of
+
+    attention = anatomy_of(model).attentions[0]
+    if hasattr(attention, "k_proj") and hasattr(attention, "v_proj"):
+        return select_parameters(model, r"\.(k_proj|v_proj)\."), {}
+    if hasattr(attention, "c_attn"):
+        params = select_parameters(model, r"\.attn\.c_attn\.")
+        masks = {}
+        for name, p in params.items():
+            mask = torch.ones_like(p)
+            width = p.shape[-1] // 3  # Conv1D output columns: q | k | v
+            mask[..., :width] = 0
+            masks[name] = mask
+        return params, masks
+    raise InputError(f"parameter subset 'kv': no key/value projections found in {type(attention).__name__}")
+
+
+def masked(gradients: GradientFn, masks: dict[str, torch.Tensor]) -> GradientFn:
+    """The rule `gradients` with its gradients multiplied by `masks` where one is given."""
+    if not masks:
+        return gradients
+
+    def apply(model, params, batch, create_graph):
+        grads = gradients(model, params, batch, create_graph)
+        return {name: g * masks[name] if name in masks else g for name, g in grads.items()}
+
+    return apply
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -69,8 +111,8 @@ def inner_step(
 ) -> ParamDict:
     """`steps` plain SGD steps of size `lr` on the LM loss of `batch`.
 
-    `gradients` is the rule's gradient: by default that of the context's LM loss (Layer-Causal GD is
-    promptstep.analysis.rules.layer_causal_gradients). differentiable=True keeps the result a function of
+    `gradients` is the rule's gradient (a `promptstep.rules` module's `gradients`): by default plain SGD on the
+    context's LM loss. differentiable=True keeps the result a function of
     `params` (second order unless `first_order`, where the gradients are treated as constants);
     differentiable=False returns detached tensors for evaluation.
     """
@@ -107,3 +149,52 @@ def swapped_parameters(model: torch.nn.Module, values: ParamDict) -> Iterator[No
         with torch.no_grad():
             for name, value in saved.items():
                 named[name].copy_(value)
+
+
+@dataclass(frozen=True)
+class InnerStep:
+    """The inner update: `steps` steps of rule `rule` with learning rate `lr` on the parameters `params` selects
+    (see `parameter_subset`). Built the same way by every command from its config (`config.inner()`)."""
+
+    lr: float = 1e-3
+    steps: int = 1
+    params: str | None = None
+    rule: str = "sgd"
+
+    def with_lr(self, lr: float) -> InnerStep:
+        return replace(self, lr=lr)
+
+    def parameters(self, model: torch.nn.Module) -> ParamDict:
+        """The parameters this step updates (current values, still attached to the model)."""
+        return parameter_subset(model, self.params)[0]
+
+    def gradients(self, model: torch.nn.Module) -> GradientFn:
+        """The rule's gradient function for `model` (masked where the subset covers a parameter in part)."""
+        from promptstep.rules import gradient_fn
+
+        return masked(gradient_fn(self.rule), parameter_subset(model, self.params)[1])
+
+    def __call__(self, model: torch.nn.Module, params: ParamDict, batch: dict[str, torch.Tensor], *,
+                 differentiable: bool = False, first_order: bool = False) -> ParamDict:
+        """The step from `params` on `batch` (see `inner_step` for `differentiable` and `first_order`)."""
+        return inner_step(model, params, batch, lr=self.lr, steps=self.steps, first_order=first_order,
+                          differentiable=differentiable, gradients=self.gradients(model))
+
+    def adapted(self, model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]],
+                params: ParamDict | None = None) -> ParamDict:
+        """Detached values of the parameters after this step on each batch in turn (one text after another, as
+        continual fine-tuning), starting from `params` (default: the model's own)."""
+        params = self.parameters(model) if params is None else params
+        gradients = self.gradients(model)
+        for batch in batches:
+            params = inner_step(model, params, batch, lr=self.lr, steps=self.steps, differentiable=False,
+                                gradients=gradients)
+        return params
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> Iterator[None]:
+        """Within the block the model answers with the weights after this step on `batches`; on exit they are
+        restored bit-exactly (take a step, answer, restore)."""
+        with swapped_parameters(model, self.adapted(model, batches)):
+            yield
+

@@ -7,9 +7,8 @@ import copy
 import torch
 from transformers import AutoModelForCausalLM
 
+from promptstep.analysis import BASELINES
 from promptstep.errors import InputError
-
-BASELINES = ("random-init", "trained-embeddings")
 
 
 def kept_parameter_names(model: torch.nn.Module) -> set[str]:

@@ -18,7 +18,6 @@ from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.formats import Format, encode_pair, encode_text
 
-POSITIONS = ("last", "label")
 MR_FILE = "pang_lee_polarity.cor"
 MR_TEMPLATE = "Review: {text} Sentiment:"  # Deutch et al.'s MR template and verbalizers
 MR_VERBALIZERS = ("Negative", "Positive")

@@ -20,11 +20,21 @@ def positive(name: str, value: float) -> None:
         raise InputError(f"config key '{name}' must be positive, got {value}")
 
 
-def check_rule(rule: str) -> None:
-    """Refuse an unknown inner update rule (the FT step's rule: sgd or lcgd)."""
-    from promptstep.rules import gradient_fn
+def check_device(spec: str, several: bool = False) -> None:
+    """Refuse a device spec that is malformed, or a GPU this machine does not have (torch is imported only to
+    check a GPU request)."""
+    if spec not in ("auto", "cpu"):
+        from promptstep.distributed import resolve_device
 
-    gradient_fn(rule)
+        resolve_device(spec, several=several)
+
+
+def check_run_name(name: str | None) -> None:
+    """Refuse a run name that is not a single safe path component (None: the command derives one)."""
+    from promptstep.runs import safe_name
+
+    if name is not None:
+        safe_name(name)
 
 
 def load_from_config(config, spec: str | None = None):

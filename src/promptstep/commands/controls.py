@@ -14,9 +14,6 @@ from promptstep.commands.common import (
 )
 from promptstep.commands.eval import EvalConfig
 from promptstep.errors import InputError
-from promptstep.evaluate import evaluate, summarize
-from promptstep.experiments.controls import correctness_breakdown, evaluate_irrelevant, summarize_irrelevant
-from promptstep.reporting.render import markdown_table
 from promptstep.runs import name_from, run_dir, staged_dir
 
 
@@ -44,6 +41,10 @@ class ControlsConfig(EvalConfig):
 
 
 def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    from promptstep.evaluate import evaluate, summarize
+    from promptstep.experiments.controls import correctness_breakdown, evaluate_irrelevant, summarize_irrelevant
+    from promptstep.reporting.render import markdown_table
+
     out = run_dir(config.runs_dir, config.name or name_from("controls", Path(config.data).stem, config.model))
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or load_from_config(config)

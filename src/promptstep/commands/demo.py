@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.commands.common import (
+    check_run_name,
     positive,
 )
 from promptstep.commands.data import DataConfig, run_data
 from promptstep.commands.meta_train import MetaTrainConfig, run_meta_train
 from promptstep.commands.prepare import PrepareConfig, run_prepare
 from promptstep.config import config_dict
-from promptstep.models import load_model
-from promptstep.reporting.render import plot_settings
 from promptstep.runs import run_dir, write_json, write_yaml
 
 
@@ -39,12 +38,15 @@ class DemoConfig:
     overwrite: bool = False
 
     def validate(self) -> None:
+        check_run_name(self.name)
         for key in ("prepare_examples", "prepare_steps", "n_train", "n_eval", "inner_lr", "outer_lr", "batch_size"):
             positive(key, getattr(self, key))
 
 
 def run_demo(config: DemoConfig) -> Path:
 
+    from promptstep.models import load_model
+    from promptstep.reporting.render import plot_settings
     from promptstep.runs import check_run_dir
 
     out = run_dir(config.runs_dir, config.name)

@@ -8,7 +8,6 @@ from pathlib import Path
 from promptstep.config import config_dict
 from promptstep.data.triplets import load_triplets, write_triplets
 from promptstep.errors import InputError
-from promptstep.experiments.controls import with_distractors
 from promptstep.runs import (
     safe_name,
     staged_dir,
@@ -37,6 +36,8 @@ class DistractConfig:
 
 
 def run_distract(config: DistractConfig) -> Path:
+    from promptstep.experiments.controls import with_distractors
+
     sources = {split: Path(config.data) / f"{safe_name(split, 'split name')}.jsonl" for split in config.splits}
     missing = [str(p) for p in sources.values() if not p.is_file()]
     if missing:

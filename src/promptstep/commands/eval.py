@@ -5,22 +5,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from promptstep.commands.common import (
-    check_rule,
+    check_device,
+    check_run_name,
     dataset_file,
     load_from_config,
     load_split,
     positive,
 )
 from promptstep.config import config_dict
-from promptstep.distributed import resolve_device
 from promptstep.errors import InputError
-from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.formats import SETTINGS, Format, fit_lengths
-from promptstep.models import max_length
-from promptstep.reporting.render import markdown_table, plot_settings
+from promptstep.rules import check_rule
 from promptstep.runs import name_from, run_dir, staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+
+if TYPE_CHECKING:
+    from promptstep.evaluate import EvalOptions
 
 
 @dataclass
@@ -48,6 +50,7 @@ class EvalConfig:
     overwrite: bool = False
 
     def validate(self) -> None:
+
         if not self.data:
             raise InputError("eval needs --data (a dataset directory or a .jsonl file)")
         for setting in self.settings:
@@ -64,25 +67,35 @@ class EvalConfig:
             positive(key, getattr(self, key))
         if self.limit is not None:
             positive("limit", self.limit)
-        resolve_device(self.device)
+        check_device(self.device)
+        check_run_name(self.name)
 
     def options(self) -> EvalOptions:
-        from promptstep.rules import gradient_fn
+
+        from promptstep.evaluate import EvalOptions
 
         return EvalOptions(
             settings=self.settings,
             lrs=self.lrs,
-            steps=self.steps,
-            param_filter=self.param_filter,
+            inner=self.inner(),
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             fmt=Format(separator=self.separator),
-            gradients=gradient_fn(self.rule),
         )
+
+    def inner(self):
+        """The FT step (at the first of `lrs`; `evaluate` runs it at each)."""
+        from promptstep.updates import InnerStep
+
+        return InnerStep(lr=self.lrs[0], steps=self.steps, params=self.param_filter, rule=self.rule)
 
 
 def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     """Evaluate and publish `runs/<name>/` with config, records, summary, metrics.csv and a plot."""
+    from promptstep.evaluate import evaluate, summarize
+    from promptstep.models import max_length
+    from promptstep.reporting.render import markdown_table, plot_settings
+
     out = run_dir(config.runs_dir, config.name or name_from("eval", Path(config.data).stem, config.model))
     triplets = load_split(config.data, config.split, config.limit)
     with staged_dir(out, config.overwrite) as staging:

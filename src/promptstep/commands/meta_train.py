@@ -7,17 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.commands.common import (
+    check_device,
+    check_run_name,
     dataset_file,
     load_split,
     positive,
 )
 from promptstep.config import config_dict
-from promptstep.distributed import resolve_device
 from promptstep.errors import InputError, TrainingStopped
 from promptstep.formats import Format, fit_lengths
 from promptstep.meta.options import MetaOptions
-from promptstep.models import load_model, max_length
-from promptstep.reporting.render import markdown_table, plot_settings, plot_training
 from promptstep.runs import run_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 
 
@@ -47,6 +46,7 @@ class MetaTrainConfig(MetaOptions):
     trust_remote_code: bool = False
 
     def validate(self) -> None:
+
         if not self.data:
             raise InputError("meta-train needs --data (a dataset directory)")
         super().validate()
@@ -54,7 +54,8 @@ class MetaTrainConfig(MetaOptions):
             positive(key, getattr(self, key))
         if self.batch_size < self.num_processes:
             raise InputError(f"batch_size {self.batch_size} is smaller than num_processes {self.num_processes}")
-        resolve_device(self.device, several=self.num_processes > 1)
+        check_device(self.device, several=self.num_processes > 1)
+        check_run_name(self.name)
         for key in ("train_limit", "max_steps"):
             if getattr(self, key) is not None:
                 positive(key, getattr(self, key))
@@ -163,9 +164,11 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
     import shutil
     from contextlib import ExitStack
 
+    from promptstep.checkpoints import clean_up
     from promptstep.meta.lora import build_trainer
-    from promptstep.models import check_second_order
+    from promptstep.models import check_second_order, load_model, max_length
     from promptstep.precision import check_precision, meta_step_context
+    from promptstep.reporting.render import markdown_table
     from promptstep.runs import publish, run_lock
 
     source = procs.on_main(lambda: _check_meta_target(config, out))
@@ -184,7 +187,7 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
         with meta_step_context(model, config.precision):
             check_second_order(model)
     reused_before = _reused_before(config) if config.before_from and not config.resume else None
-    trainer = build_trainer(model, tokenizer, config, processes=procs)  # LC: the teacher is a frozen copy now
+    trainer = build_trainer(model, tokenizer, config, processes=procs, seed=config.seed)  # LC: teacher copy now
     if source is not None or config.resume:  # checked (another model's? damaged?) before anything is written
         trainer.restore(procs.broadcast(source) / "checkpoint")
     with ExitStack() as held:
@@ -194,8 +197,10 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
         try:
             summary = _train_andwrite_run_files(config, procs, trainer, train, eval_set, work, reused_before)
         except BaseException:
-            if procs.is_main and not (work / "checkpoint").is_dir() and not (work / "train_log.jsonl").is_file():
-                shutil.rmtree(work, ignore_errors=True)  # nothing to resume or read: leave no trace
+            if procs.is_main:
+                clean_up(work / "checkpoint")  # a save cut short by the interruption leaves no staging behind
+                if not (work / "checkpoint").is_dir() and not (work / "train_log.jsonl").is_file():
+                    shutil.rmtree(work, ignore_errors=True)  # nothing to resume or read: leave no trace
             raise
         if procs.is_main:
             publish(work, out)
@@ -208,6 +213,7 @@ def _train_andwrite_run_files(config: MetaTrainConfig, procs, trainer, train, ev
                        reused_before: dict | None) -> dict:
     """Train in `work` (resuming from its checkpoint if `--resume`), evaluate, and write every output there."""
     from promptstep.meta.loop import batches_for, eval_summary, run_training
+    from promptstep.reporting.render import plot_settings, plot_training
     from promptstep.runs import trim_log
 
     if config.resume:  # the trainer was restored from this run's checkpoint

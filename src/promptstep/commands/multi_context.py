@@ -5,20 +5,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from promptstep.commands.common import (
-    check_rule,
+    check_device,
+    check_run_name,
     fitted_split,
     load_from_config,
     positive,
     write_run_files,
 )
-from promptstep.distributed import resolve_device
 from promptstep.errors import InputError
-from promptstep.evaluate import EvalOptions
-from promptstep.experiments.multicontext import MODES, evaluate_groups, summarize_groups
-from promptstep.reporting.render import markdown_table
+from promptstep.experiments import MODES
+from promptstep.rules import check_rule
 from promptstep.runs import name_from, run_dir, staged_dir
+
+if TYPE_CHECKING:
+    from promptstep.evaluate import EvalOptions
 
 
 @dataclass
@@ -46,7 +49,9 @@ class MultiContextConfig:
     overwrite: bool = False
 
     def validate(self) -> None:
-        resolve_device(self.device)
+
+        check_device(self.device)
+        check_run_name(self.name)
         if not self.data:
             raise InputError("multi-context needs --data (a dataset directory or a .jsonl file)")
         for mode in self.modes:
@@ -61,14 +66,21 @@ class MultiContextConfig:
         check_rule(self.rule)
 
     def options(self) -> EvalOptions:
-        from promptstep.rules import gradient_fn
+        from promptstep.evaluate import EvalOptions
 
-        return EvalOptions(lrs=(self.lr,), steps=self.steps, param_filter=self.param_filter,
-                           max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                           gradients=gradient_fn(self.rule))
+        return EvalOptions(inner=self.inner(), max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+
+    def inner(self):
+        """The update applied for each context (sequential) or once for the group (batched)."""
+        from promptstep.updates import InnerStep
+
+        return InnerStep(lr=self.lr, steps=self.steps, params=self.param_filter, rule=self.rule)
 
 
 def run_multi_context(config: MultiContextConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    from promptstep.experiments.multicontext import evaluate_groups, summarize_groups
+    from promptstep.reporting.render import markdown_table
+
     out = run_dir(config.runs_dir, config.name or name_from("multi", Path(config.data).stem, config.model))
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or load_from_config(config)

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.commands.common import (
+    check_device,
+    check_run_name,
     dataset_file,
     load_from_config,
     load_split,
 )
 from promptstep.config import config_dict
-from promptstep.distributed import resolve_device
 from promptstep.errors import InputError
 from promptstep.formats import Format, fit_lengths
-from promptstep.models import max_length
 from promptstep.prepare import PrepareOptions, choose_subset, prepare_format
 from promptstep.runs import run_dir, staged_dir, write_json, write_jsonl, write_yaml
 
@@ -35,13 +35,17 @@ class PrepareConfig(PrepareOptions):
     overwrite: bool = False
 
     def validate(self) -> None:
+
         if not self.data:
             raise InputError("prepare needs --data (a dataset directory or a .jsonl file)")
         super().validate()
-        resolve_device(self.device)
+        check_device(self.device)
+        check_run_name(self.name)
 
 
 def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
+    from promptstep.models import max_length
+
     out = run_dir(config.runs_dir, config.name)
     triplets = load_split(config.data, config.split, None)
     subset = choose_subset(triplets, config.n_examples, config.seed)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from promptstep.config import config_dict
 from promptstep.errors import InputError
-from promptstep.reporting.paper_tables import METRICS, build_report, find_runs, plot_figure2, report_markdown
 from promptstep.runs import staged_dir, write_yaml
 
 
@@ -21,6 +20,8 @@ class ReportConfig:
     overwrite: bool = False
 
     def validate(self) -> None:
+        from promptstep.reporting.paper_tables import METRICS
+
         if not self.runs:
             raise InputError("report needs at least one run directory: promptstep report RUN [RUN ...]")
         if self.metric not in METRICS:
@@ -28,6 +29,8 @@ class ReportConfig:
 
 
 def run_report(config: ReportConfig) -> Path:
+    from promptstep.reporting.paper_tables import build_report, find_runs, plot_figure2, report_markdown
+
     runs = find_runs(config.runs)
     out = Path(config.out) if config.out else Path(config.runs[0]) / "report"
     tables = build_report(runs, config.metric)

@@ -46,7 +46,6 @@ from promptstep.commands.report import ReportConfig, run_report
 from promptstep.commands.transfer import TransferConfig, run_transfer
 from promptstep.config import build_config, read_yaml
 from promptstep.errors import InputError
-from promptstep.reporting.paper_tables import METRICS
 from promptstep.runs import check_replaceable, in_progress_dir, is_promptstep_dir, name_from, run_lock, safe_name
 
 EXPERIMENT_KEYS = {
@@ -102,6 +101,8 @@ class Suite:
 
 def load_suite(path: str | Path) -> Suite:
     """Read and check a suite file: structure, keys, task references (option values are checked per step)."""
+    from promptstep.reporting.paper_tables import METRICS
+
     where = str(path)
     raw = _mapping(read_yaml(path), where, SUITE_KEYS)
     metric = raw.get("metric", "tok_acc")

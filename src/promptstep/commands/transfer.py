@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.commands.common import (
+    check_device,
+    check_run_name,
     fitted_split,
     load_from_config,
     positive,
     write_run_files,
 )
-from promptstep.distributed import resolve_device
 from promptstep.errors import InputError
-from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.meta.options import MetaOptions
-from promptstep.reporting.render import markdown_table
 from promptstep.runs import run_dir, staged_dir
 
 
@@ -49,6 +48,7 @@ class TransferConfig(MetaOptions):
     overwrite: bool = False
 
     def validate(self) -> None:
+
         if not self.source or not self.target:
             raise InputError("transfer needs --source and --target (dataset directories)")
         super().validate()
@@ -59,7 +59,8 @@ class TransferConfig(MetaOptions):
             positive(key, getattr(self, key))
         if self.joint_weight < 0:
             raise InputError(f"config key 'joint_weight' must be >= 0, got {self.joint_weight}")
-        resolve_device(self.device)
+        check_device(self.device)
+        check_run_name(self.name)
 
     def prepare_options(self):
         from promptstep.prepare import PrepareOptions
@@ -74,7 +75,7 @@ def _meta_trained(model, tokenizer, config: TransferConfig, train, make_inject=N
     from promptstep.meta.loop import batches_for, run_training
     from promptstep.meta.lora import build_trainer
 
-    trainer = build_trainer(copy.deepcopy(model), tokenizer, config)
+    trainer = build_trainer(copy.deepcopy(model), tokenizer, config, seed=config.seed)
     inject = make_inject(trainer.model) if make_inject else None
     batches = batches_for(trainer.build_examples(train), config.batch_size, config.epochs, config.seed)
     result = run_training(trainer, batches, out=None, eval_set=[], eval_every=0, checkpoint_every=0, inject=inject)
@@ -84,8 +85,10 @@ def _meta_trained(model, tokenizer, config: TransferConfig, train, make_inject=N
 
 
 def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    from promptstep.evaluate import EvalOptions, evaluate, summarize
     from promptstep.experiments.transfer import joint_objective
     from promptstep.prepare import choose_subset, prepare_format
+    from promptstep.reporting.render import markdown_table
 
     out = run_dir(config.runs_dir, config.name)
     with staged_dir(out, config.overwrite) as staging:
@@ -95,10 +98,8 @@ def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path
         source_train = fitted_split(base, tokenizer, config.source, "train", config.train_limit)
         subset = choose_subset(fitted_split(base, tokenizer, config.target, "train", None), config.prep_examples,
                                config.seed)
-        from promptstep.rules import gradient_fn
 
-        options = EvalOptions(lrs=(config.inner_lr,), steps=config.inner_steps, param_filter=config.inner_params,
-                              max_new_tokens=config.max_new_tokens, gradients=gradient_fn(config.inner_rule))
+        options = EvalOptions(inner=config.inner(), max_new_tokens=config.max_new_tokens)
         start = time.time()
         models = {"base": base}
         if config.source_model:

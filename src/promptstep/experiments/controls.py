@@ -18,7 +18,6 @@ from promptstep.errors import InputError
 from promptstep.evaluate import EvalOptions, context_batch, evaluate_prompted, score_answers, summarize
 from promptstep.formats import encode_pair
 from promptstep.metrics import exact_match, mean_se, normalize_answer, starts_with_answer
-from promptstep.updates import inner_step, select_parameters, swapped_parameters
 
 LEAK_METRICS = ("leak_em", "leak_starts", "leak_tok_acc")
 CATEGORIES = ("always_incorrect", "always_correct", "correct_without_only", "only_correct_with")
@@ -65,15 +64,12 @@ def evaluate_irrelevant(model, tokenizer, triplets: Sequence[Triplet], options: 
                         progress: bool = True) -> list[dict]:
     """Per triplet: one FT step on a random other triplet's context, then its own query, scored against its own
     answer (em, tok_acc, ...) and the other's (leak_em, leak_starts, leak_tok_acc); weights restored."""
-    params = select_parameters(model, options.param_filter)
     device = next(model.parameters()).device
+    (_, step), = options.ft_steps()
     records = []
     pairs = list(zip(triplets, irrelevant_partners(triplets, seed)))
     for triplet, other in tqdm(pairs, desc="eval irrelevant", disable=not progress, unit="ex"):
-        adapted = inner_step(model, params, context_batch(tokenizer, other, options.fmt, device),
-                             lr=options.lrs[0], steps=options.steps, differentiable=False,
-                             gradients=options.gradients)
-        with swapped_parameters(model, adapted):
+        with step.applied(model, [context_batch(tokenizer, other, options.fmt, device)]):
             (record,) = evaluate_prompted(model, tokenizer, [triplet], "nc", options, progress=False)
             leaked = encode_pair(tokenizer, options.fmt.prefix(triplet, "nc"), other.answer, options.fmt.answer_prefix)
             ((leak_acc, _),) = score_answers(model, [leaked], tokenizer.pad_token_id)

@@ -19,11 +19,9 @@ from tqdm.auto import tqdm
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.evaluate import METRICS, EvalOptions, context_batch, evaluate_prompted
+from promptstep.experiments import MODES
 from promptstep.formats import encode_text, lm_batch, to_device
 from promptstep.metrics import mean_se
-from promptstep.updates import inner_step, select_parameters, swapped_parameters
-
-MODES = ("sequential", "batched")
 
 
 def random_groups(n_items: int, size: int, n_groups: int, seed: int) -> list[list[int]]:
@@ -41,20 +39,19 @@ def setting_label(mode: str, size: int) -> str:
 
 def updated_parameters(model, tokenizer, triplets: Sequence[Triplet], mode: str, options: EvalOptions) -> dict:
     """The FT parameters after the group's updates: one step per context (sequential) or one on all (batched)."""
-    params = select_parameters(model, options.param_filter)
+    (_, step), = options.ft_steps()
+    return step.adapted(model, update_batches(model, tokenizer, triplets, mode, options))
+
+
+def update_batches(model, tokenizer, triplets: Sequence[Triplet], mode: str, options: EvalOptions) -> list[dict]:
+    """The batches a group's updates step on: one per context (sequential) or one of all the contexts (batched)."""
     device = next(model.parameters()).device
-    lr = options.lrs[0]
     if mode == "batched":
         ids = [encode_text(tokenizer, options.fmt.inner_text(t)) for t in triplets]
-        batch = to_device(lm_batch(ids, tokenizer.pad_token_id), device)
-        return inner_step(model, params, batch, lr=lr, steps=options.steps, differentiable=False,
-                          gradients=options.gradients)
+        return [to_device(lm_batch(ids, tokenizer.pad_token_id), device)]
     if mode != "sequential":
         raise InputError(f"unknown mode '{mode}' (choose from {', '.join(MODES)})")
-    for triplet in triplets:
-        params = inner_step(model, params, context_batch(tokenizer, triplet, options.fmt, device), lr=lr,
-                            steps=options.steps, differentiable=False, gradients=options.gradients)
-    return params
+    return [context_batch(tokenizer, triplet, options.fmt, device) for triplet in triplets]
 
 
 def evaluate_groups(model, tokenizer, triplets: Sequence[Triplet], sizes: Sequence[int], modes: Sequence[str],
@@ -67,7 +64,8 @@ def evaluate_groups(model, tokenizer, triplets: Sequence[Triplet], sizes: Sequen
         label = setting_label(mode, size)
         for index, group in enumerate(tqdm(groups, desc=f"eval {label}", disable=not progress, unit="group")):
             items = [triplets[i] for i in group]
-            with swapped_parameters(model, updated_parameters(model, tokenizer, items, mode, options)):
+            (_, step), = options.ft_steps()
+            with step.applied(model, update_batches(model, tokenizer, items, mode, options)):
                 answered = evaluate_prompted(model, tokenizer, items, "nc", options, progress=False)
             for record in answered:
                 record.update(setting=label, mode=mode, updates=size, group=index)

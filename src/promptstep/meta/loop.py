@@ -14,7 +14,6 @@ from promptstep.data.triplets import Triplet
 from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.meta.objectives import MetaExample
 from promptstep.meta.trainer import MetaTrainer
-from promptstep.rules import gradient_fn
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
@@ -39,9 +38,7 @@ def batches_for(examples: Sequence[MetaExample], batch_size: int, epochs: int, s
 def eval_summary(trainer: MetaTrainer, triplets: Sequence[Triplet], progress: bool = False) -> dict:
     """NC / Prompt / FT summary with the trainer's inner step as the FT step."""
     opts = trainer.options
-    options = EvalOptions(lrs=(opts.inner_lr,), steps=opts.inner_steps, param_filter=opts.inner_params,
-                          max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt,
-                          gradients=gradient_fn(opts.inner_rule))
+    options = EvalOptions(inner=trainer.inner, max_new_tokens=opts.max_new_tokens, fmt=trainer.fmt)
     records = evaluate(trainer.eval_model(), trainer.tokenizer, triplets, options, progress=progress)
     return {"summary": summarize(records), "records": records}
 

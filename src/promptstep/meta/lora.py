@@ -27,7 +27,6 @@ from transformers.pytorch_utils import Conv1D
 from promptstep.errors import InputError
 from promptstep.meta.options import MetaOptions
 from promptstep.meta.trainer import MetaTrainer
-from promptstep.precision import compute_dtype
 from promptstep.updates import select_parameters
 
 DEFAULT_RANK = {"inner": 8, "outer": 1}
@@ -60,9 +59,9 @@ class OuterLoraTrainer(MetaTrainer):
     """Meta-trains a rank-r LoRA update of the weights; the inner step is full rank on the merged weights."""
 
     def __init__(self, model: PeftModel, tokenizer, options: MetaOptions, teacher: torch.nn.Module | None = None,
-                 processes=None) -> None:
-        super().__init__(model, tokenizer, options, teacher=teacher, processes=processes)
-        chosen = select_parameters(model, options.inner_params, include_frozen=True)
+                 processes=None, teacher_scope=None) -> None:
+        super().__init__(model, tokenizer, options, teacher=teacher, processes=processes, teacher_scope=teacher_scope)
+        chosen = select_parameters(model, options.inner_params, include_frozen=True)  # the base weights too
         self.base = {n: p for n, p in chosen.items() if n not in self.params}
         if not self.base:
             raise InputError(f"inner_params {options.inner_params!r} matches no base weight of the model")
@@ -97,15 +96,20 @@ class OuterLoraTrainer(MetaTrainer):
         return out / "model"
 
 
-def build_trainer(model: torch.nn.Module, tokenizer, options: MetaOptions, processes=None) -> MetaTrainer:
+def build_trainer(model: torch.nn.Module, tokenizer, options: MetaOptions, processes=None, seed: int = 0
+                  ) -> MetaTrainer:
     """The trainer for `options.lora`: plain, LoRA inner + outer, or rank-r outer with a full-rank inner step.
 
-    With LoRA the teacher (LC) is a frozen copy of the base model taken before the adapter is added.
+    With LoRA the teacher (LC) is the model itself with its adapter disabled: the base weights are frozen, so that
+    is exactly the model meta-training started from, with no second copy in memory. The adapter's random
+    initialisation is seeded with `seed`.
     """
     options.validate()
     if options.lora == "none":
         return MetaTrainer(model, tokenizer, options, processes=processes)
-    teacher = copy.deepcopy(model).to(compute_dtype(options.precision)) if options.objective == "lc" else None
-    wrapped = wrap_lora(model, options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wrapped = wrap_lora(model, options)
     trainer_class = OuterLoraTrainer if options.lora == "outer" else MetaTrainer
-    return trainer_class(wrapped, tokenizer, options, teacher=teacher, processes=processes)
+    return trainer_class(wrapped, tokenizer, options, teacher=wrapped, teacher_scope=wrapped.disable_adapter,
+                         processes=processes)

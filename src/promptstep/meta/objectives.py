@@ -13,8 +13,6 @@ from promptstep.data.triplets import Triplet
 from promptstep.formats import Format, encode_pair, encode_text, lm_batch, to_device
 from promptstep.updates import ParamDict, at_least_fp32
 
-OBJECTIVES = ("lc", "lg")
-
 
 @dataclass(frozen=True)
 class MetaExample:
@@ -81,3 +79,47 @@ def gold_nll(student_logp: torch.Tensor, answer_ids: Sequence[int]) -> torch.Ten
 def context_lm_batch(tokenizer, examples: Sequence[MetaExample], device: torch.device) -> dict[str, torch.Tensor]:
     """The LM batch (with labels, right-padded) of the examples' contexts, on `device`."""
     return to_device(lm_batch([e.context_ids for e in examples], tokenizer.pad_token_id), device)
+
+
+class Objective:
+    """An outer objective: the target answers of the training examples and the loss of a student's answer
+    log-probabilities after the inner step. One registry entry per objective (`OBJECTIVES`)."""
+
+    name: str = ""
+    needs_teacher: bool = False
+
+    def examples(self, trainer, triplets: Sequence[Triplet], progress: bool = True) -> list[MetaExample]:
+        raise NotImplementedError
+
+    def loss(self, trainer, student_logp: torch.Tensor, example: MetaExample) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Conditioning(Objective):
+    """LC (paper Eq. 8): forward KL from the frozen teacher prompted with the context to the student after the
+    step, at every position of the teacher's greedy answer."""
+
+    name, needs_teacher = "lc", True
+
+    def examples(self, trainer, triplets, progress=True):
+        answers = trainer.teacher_answers(triplets, progress=progress)
+        return [build_example(trainer.tokenizer, t, trainer.fmt, answers[t.id]) for t in triplets if answers[t.id]]
+
+    def loss(self, trainer, student_logp, example):
+        return forward_kl(trainer.teacher_logprobs(example.teacher_ids, example.n_answer), student_logp)
+
+
+class GoldLabels(Objective):
+    """LG (paper Eq. 9, sign fixed): NLL of the gold answer (plus newline) under the adapted weights."""
+
+    name = "lg"
+
+    def examples(self, trainer, triplets, progress=True):
+        return [build_example(trainer.tokenizer, t, trainer.fmt) for t in triplets]
+
+    def loss(self, trainer, student_logp, example):
+        return gold_nll(student_logp, example.answer_ids)
+
+
+OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (Conditioning(), GoldLabels())}
+

@@ -38,6 +38,12 @@ class MetaOptions:
     precision: str = "fp32"
     grad_checkpointing: bool = False
 
+    def inner(self):
+        """The inner step being meta-trained for (also the FT step of this run's evaluations)."""
+        from promptstep.updates import InnerStep
+
+        return InnerStep(lr=self.inner_lr, steps=self.inner_steps, params=self.inner_params, rule=self.inner_rule)
+
     def validate(self) -> None:
         from promptstep.rules import RULES
 

@@ -16,41 +16,42 @@ from promptstep.data.triplets import Triplet
 from promptstep.distributed import Processes
 from promptstep.errors import InputError
 from promptstep.formats import Format
-from promptstep.meta.objectives import (
-    MetaExample,
-    answer_logprobs,
-    build_example,
-    context_lm_batch,
-    forward_kl,
-    gold_nll,
-)
+from promptstep.meta.objectives import OBJECTIVES, MetaExample, answer_logprobs, context_lm_batch
 from promptstep.meta.options import MetaOptions
-from promptstep.meta.teacher import teacher_answers
+from promptstep.meta.teacher import model_fingerprint, teacher_answers
 from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_context
-from promptstep.rules import gradient_fn
-from promptstep.updates import inner_step, select_parameters
+from promptstep.updates import select_parameters
 
 
 class MetaTrainer:
     """Meta-trains `model` so that one inner step on a context acts like the context in the prompt.
 
     Examples are processed one at a time and their outer gradients accumulated, so peak memory does not grow
-    with the batch size. The teacher (LC) is a frozen copy of the model as it was when training started (kept
-    in bf16 under bf16 precision). With several `processes`, each takes its share of every batch.
+    with the batch size. The teacher θ_B (an objective that needs one: LC; the prompt-format regulariser) is a
+    frozen copy of the model as it was when training started (kept in bf16 under bf16 precision), or a given
+    module; with `teacher_scope` the given module is shared and the scope makes it compute θ_B (LoRA: the
+    model itself with its adapter disabled, no copy). With several `processes`, each takes its share of every
+    batch.
     """
 
     def __init__(self, model, tokenizer, options: MetaOptions, fmt: Format | None = None,
-                 teacher: torch.nn.Module | None = None, processes: Processes | None = None) -> None:
+                 teacher: torch.nn.Module | None = None, processes: Processes | None = None,
+                 teacher_scope: Callable[[], AbstractContextManager] | None = None) -> None:
         options.validate()
         self.model, self.tokenizer, self.options = model, tokenizer, options
         self.fmt = fmt or Format()
         self.params = select_parameters(model)
-        self.inner_names = list(select_parameters(model, options.inner_params))
+        self.inner = options.inner()
+        self.inner_names = list(self.inner.parameters(model))
         self.optimizer = torch.optim.Adam(self.params.values(), lr=options.outer_lr)
-        needs_teacher = options.objective == "lc"
-        if needs_teacher and teacher is None:
-            teacher = copy.deepcopy(model).to(compute_dtype(options.precision))
-        self.teacher = teacher.eval().requires_grad_(False) if needs_teacher else None
+        self.objective = OBJECTIVES[options.objective]
+        self.teacher, self.teacher_scope = None, nullcontext
+        if self.objective.needs_teacher:
+            if teacher is None:
+                teacher = copy.deepcopy(model).to(compute_dtype(options.precision))
+            if teacher_scope is None:
+                teacher.eval().requires_grad_(False)
+            self.teacher, self.teacher_scope = teacher, teacher_scope or nullcontext
         if options.grad_checkpointing:
             enable_checkpointing(model)
         self.step_count = 0
@@ -61,22 +62,27 @@ class MetaTrainer:
     # -------------------------------------------------------------- targets
 
     def build_examples(self, triplets: Sequence[Triplet], progress: bool = True) -> list[MetaExample]:
-        """Tokenised examples whose targets are the teacher's greedy answers (LC) or the gold answers (LG)."""
-        if self.options.objective == "lg":
-            return [build_example(self.tokenizer, t, self.fmt) for t in triplets]
-        with meta_step_context(self.teacher, self.options.precision):  # the precision the KL targets see
-            answers = teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
-                                      progress=progress)
-        return [build_example(self.tokenizer, t, self.fmt, answers[t.id]) for t in triplets if answers[t.id]]
+        """Tokenised examples whose targets the objective sets (LC: the teacher's greedy answers; LG: gold)."""
+        return self.objective.examples(self, triplets, progress)
+
+    def teacher_answers(self, triplets: Sequence[Triplet], progress: bool = True) -> dict[str, list[int]]:
+        """The teacher's greedy answers to context + query, under the training precision (what the KL targets
+        see), cached on disk."""
+        with self.teacher_scope(), meta_step_context(self.teacher, self.options.precision):
+            fingerprint = model_fingerprint(self.teacher, skip_adapters=self.teacher_scope is not nullcontext)
+            return teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
+                                   progress=progress, fingerprint=fingerprint)
+
+    @torch.no_grad()
+    def teacher_logprobs(self, ids: Sequence[int], n_answer: int) -> torch.Tensor:
+        """The teacher's log-probabilities at the positions predicting the last `n_answer` tokens of `ids`."""
+        with self.teacher_scope():
+            return answer_logprobs(self.teacher, None, ids, n_answer)
 
     # -------------------------------------------------------------- losses
 
     def _target_loss(self, student_logp: torch.Tensor, example: MetaExample) -> torch.Tensor:
-        if self.options.objective == "lg":
-            return gold_nll(student_logp, example.answer_ids)
-        with torch.no_grad():
-            teacher_logp = answer_logprobs(self.teacher, None, example.teacher_ids, example.n_answer)
-        return forward_kl(teacher_logp, student_logp)
+        return self.objective.loss(self, student_logp, example)
 
     def inner_start(self) -> dict[str, torch.Tensor]:
         """The parameters the inner step starts from, as a differentiable function of the trained ones."""
@@ -107,9 +113,7 @@ class MetaTrainer:
         context = context_lm_batch(self.tokenizer, group, self.device)
         start = self.inner_start()  # before the scope: PEFT's disable_adapter() also stops the adapter's grads
         with self.inner_scope():
-            adapted = inner_step(self.model, start, context, lr=opts.inner_lr, steps=opts.inner_steps,
-                                 first_order=opts.first_order, differentiable=True,
-                                 gradients=gradient_fn(opts.inner_rule))
+            adapted = self.inner(self.model, start, context, differentiable=True, first_order=opts.first_order)
             target = sum(self._target_loss(answer_logprobs(self.model, adapted, e.student_ids, e.n_answer), e)
                          for e in group)
         parts = {"target": target.item()}

@@ -10,13 +10,18 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from promptstep.errors import InputError
+
 RULES = tuple(sorted(module.name for module in pkgutil.iter_modules(__path__)))
+
+
+def check_rule(name: str) -> None:
+    """Refuse an unknown rule name (without importing any rule)."""
+    if name not in RULES:
+        raise InputError(f"unknown rule '{name}' (choose from {', '.join(RULES)})")
 
 
 def gradient_fn(name: str):
     """The `gradients` function of rule `name` (`updates.GradientFn`)."""
-    if name not in RULES:
-        from promptstep.errors import InputError
-
-        raise InputError(f"unknown rule '{name}' (choose from {', '.join(RULES)})")
+    check_rule(name)
     return importlib.import_module(f"{__name__}.{name}").gradients
