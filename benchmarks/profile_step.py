@@ -264,8 +264,8 @@ def main() -> int:
     trainer = lib.MetaTrainer(model, tokenizer, lib.MetaOptions(objective="lc", inner_lr=meta_step.INNER_LR,
                                                                 batch_size=args.batch))
     _, test, _ = lib.generate("character", n_train=1, n_test=1, seed=0)
-    evaluate_finetuned = meta_step._resolve("evaluate_finetuned", "promptstep.evaluate")
-    EvalOptions = meta_step._resolve("EvalOptions", "promptstep.evaluate")
+    from promptstep.evaluate import EvalOptions, evaluate_finetuned
+
     eval_options = EvalOptions(settings=("ft",), lrs=(meta_step.INNER_LR,), max_new_tokens=args.max_new_tokens,
                                fmt=lib.Format())
     sections = [

@@ -75,7 +75,7 @@ class InjectOptions:
     """How documents become weights.
 
     lr, steps, params, rule: the inner step (`updates.inner_step`; `rule` names a gradient of
-    `analysis.rules.INNER_RULES`, `params` is a regex over parameter names, None = every trainable parameter).
+    `promptstep.rules`, `params` is a regex over parameter names, None = every trainable parameter).
     mode: `sequential` or `sum` (see the module docstring).
     chunk_tokens: the chunk size in tokens (None = the model's window); chunking=False refuses a document longer
     than one chunk instead of splitting it.
@@ -93,12 +93,11 @@ class InjectOptions:
     max_rank: int | None = None
 
     def validate(self) -> None:
-        from promptstep.analysis.rules import INNER_RULES
+        from promptstep.rules import check_rule
 
         if self.mode not in MODES:
             raise InputError(f"unknown injection mode '{self.mode}' (choose from {', '.join(MODES)})")
-        if self.rule not in INNER_RULES:
-            raise InputError(f"unknown inner rule '{self.rule}' (choose from {', '.join(INNER_RULES)})")
+        check_rule(self.rule)
         if not (self.lr >= 0 and math.isfinite(self.lr)) or self.steps < 1:
             raise InputError(f"inner step needs a finite lr >= 0 and steps >= 1 (got lr={self.lr}, steps={self.steps})")
         if self.chunk_tokens is not None and self.chunk_tokens < 2:
@@ -493,7 +492,7 @@ def inject(model: torch.nn.Module, tokenizer, documents: Sequence[Document], opt
 
     All documents are chunked (and checked) before any step is taken.
     """
-    from promptstep.analysis.rules import INNER_RULES
+    from promptstep.rules import gradient_fn
 
     options.validate()
     _check_plain(model)
@@ -516,7 +515,7 @@ def inject(model: torch.nn.Module, tokenizer, documents: Sequence[Document], opt
             batch = to_device(lm_batch([list(chunk.ids)], tokenizer.pad_token_id), device)
             start = current if options.mode == "sequential" else base
             stepped = inner_step(model, start, batch, lr=options.lr, steps=options.steps, differentiable=False,
-                                 gradients=capture.wrap(INNER_RULES[options.rule], options.lr))
+                                 gradients=capture.wrap(gradient_fn(options.rule), options.lr))
             if options.mode == "sequential":
                 current = stepped
             else:
