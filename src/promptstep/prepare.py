@@ -23,11 +23,17 @@ class PrepareOptions:
     """Subset size, optimisation and the weight of the NC-format loss relative to the Prompt format."""
 
     n_examples: int = 240
+    """Size of the saved random subset of the split used for preparation (ids in subset_ids.json)."""
     steps: int = 30
+    """AdamW steps."""
     batch_size: int = 8
+    """Triplets per step, drawn from the subset."""
     lr: float = 3e-5
+    """AdamW learning rate."""
     nc_weight: float = 0.5
+    """Weight of the NC-format loss (query → answer) beside the Prompt-format loss (context + query → answer)."""
     seed: int = 0
+    """Seed of the subset and of the batches."""
 
     def validate(self) -> None:
         for key in ("n_examples", "steps", "batch_size", "lr"):

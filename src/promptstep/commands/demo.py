@@ -22,20 +22,35 @@ class DemoConfig:
     """`promptstep demo`: data -> prepare -> evaluate -> meta-train (LC) -> evaluate, on the embedded model."""
 
     model: str = "smollm2-135m"
+    """Model to prepare and meta-train (default: the embedded SmolLM2-135M-Instruct)."""
     task: str = "character"
+    """Generated task: character or reversal."""
     prepare_examples: int = 240
+    """Size of the saved subset of training triplets used for format preparation."""
     prepare_steps: int = 25
+    """AdamW steps of format preparation."""
     n_train: int = 160
+    """Training triplets for meta-training (n_train / batch_size outer steps)."""
     n_eval: int = 40
+    """Held-out triplets evaluated before and after meta-training."""
     inner_lr: float = 1e-2
+    """Learning rate of the inner SGD step on the context (and of FT in the evaluations)."""
     outer_lr: float = 2e-5
+    """Adam learning rate of the outer (meta) update."""
     batch_size: int = 2
+    """Examples per outer step."""
     lm_weight: float = 0.0
+    """Weight λ of the language-modelling regulariser (0 = off)."""
     first_order: bool = False
+    """Treat the inner gradient as a constant (first order, about 2x faster)."""
     seed: int = 0
+    """Seed of the data, the preparation subset and the training order."""
     name: str = "demo"
+    """Run name: data, prepared model, meta-trained model and demo.png go under runs_dir/name."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
 
     def validate(self) -> None:
         check_run_name(self.name)

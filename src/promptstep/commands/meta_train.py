@@ -25,25 +25,46 @@ class MetaTrainConfig(MetaOptions):
     """`promptstep meta-train`: meta-train so one inner step on a context acts like prompting with it."""
 
     model: str = "tiny"
+    """Model: smollm2-135m (embedded), tiny (embedded), a local directory such as runs/NAME/model, or a hub id."""
     data: str = ""
+    """Dataset directory holding <train_split>.jsonl and <eval_split>.jsonl. Required."""
     train_split: str = "train"
+    """Split meta-training reads."""
     eval_split: str = "test"
+    """Split evaluated before and after meta-training (and every eval_every steps)."""
     train_limit: int | None = None
+    """Use only the first N training triplets (default: all)."""
     eval_n: int = 100
+    """Number of eval_split triplets evaluated (the first N)."""
     epochs: int = 1
+    """Passes over the training triplets, each in a seeded order."""
     max_steps: int | None = None
+    """Stop after this many outer steps (default: every full batch of every epoch)."""
     eval_every: int = 0
+    """Also evaluate every N outer steps, into eval_log.jsonl (0 = only before and after)."""
     checkpoint_every: int = 50
+    """Write a resumable checkpoint every N outer steps and at the end (0 = none)."""
     seed: int = 0
+    """Seed of the batch order and of LoRA's initialisation."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     name: str = "meta"
+    """Run name: the run is written to runs_dir/name."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     resume: bool = False
+    """Continue the run from its checkpoint (an interrupted run, or a finished one to extend); the other options must
+    match the saved config."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
     before_from: str | None = None
+    """Reuse the before-evaluation (before.json) of another meta-train run with the same model, data and inner step."""
     device: str = "auto"
+    """Device: auto (the GPU if torch sees one), cpu, cuda or cuda:N."""
     num_processes: int = 1
+    """Data-parallel processes to start on this machine (gloo on CPU, NCCL on GPUs); --threads is split among them."""
     trust_remote_code: bool = False
+    """Let a model that ships its own Python code run it (off: such a model is refused)."""
 
     def validate(self) -> None:
 

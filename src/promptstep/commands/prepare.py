@@ -25,14 +25,23 @@ class PrepareConfig(PrepareOptions):
     """`promptstep prepare`: format fine-tuning on a saved subset; writes runs/<name>/model."""
 
     model: str = "smollm2-135m"
+    """Model: smollm2-135m (embedded), tiny (embedded), a local directory such as runs/NAME/model, or a hub id."""
     data: str = ""
+    """Dataset directory (its <split>.jsonl is read) or one .jsonl file. Required."""
     split: str = "train"
+    """Split the subset is drawn from when data is a directory."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     device: str = "auto"
+    """Device: auto (the GPU if torch sees one), cpu, cuda or cuda:N."""
     trust_remote_code: bool = False
+    """Let a model that ships its own Python code run it (off: such a model is refused)."""
     name: str = "prepared"
+    """Run name: the prepared model goes to runs_dir/name/model."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
 
     def validate(self) -> None:
 
