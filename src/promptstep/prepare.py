@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,8 +71,9 @@ def answer_nll(model, tokenizer, triplets: Sequence[Triplet], setting: str, fmt:
 
 
 def prepare_format(model, tokenizer, subset: Sequence[Triplet], options: PrepareOptions, fmt: Format | None = None,
-                   progress: bool = True) -> list[dict]:
-    """Fine-tune `model` in place with AdamW on Prompt-format (+ nc_weight x NC-format) answer NLL; return logs."""
+                   progress: bool = True, on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Fine-tune `model` in place with AdamW on Prompt-format (+ nc_weight x NC-format) answer NLL; return logs
+    (`on_step` sees each step's log row as it is made: trackers)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -94,4 +95,6 @@ def prepare_format(model, tokenizer, subset: Sequence[Triplet], options: Prepare
         optimizer.step()
         logs.append({"step": step, "prompt_nll": prompt_loss.item(), "nc_nll": nc_loss.item(),
                      "elapsed_s": round(time.time() - began, 2)})
+        if on_step:
+            on_step(logs[-1])
     return logs

@@ -18,6 +18,7 @@ from promptstep.errors import InputError, TrainingStopped
 from promptstep.formats import Format, fit_lengths
 from promptstep.meta.options import MetaOptions
 from promptstep.runs import run_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+from promptstep.tracking import Tracker, check_report_to
 
 
 @dataclass
@@ -65,6 +66,9 @@ class MetaTrainConfig(MetaOptions):
     """Data-parallel processes to start on this machine (gloo on CPU, NCCL on GPUs); --threads is split among them."""
     trust_remote_code: bool = False
     """Let a model that ships its own Python code run it (off: such a model is refused)."""
+    report_to: str = "none"
+    """Also send the training curves to an experiment tracker: none, tensorboard (pip install
+    'promptstep[tracking]'; event files in the run's tensorboard/), trackio or wandb (pip install trackio / wandb)."""
 
     def validate(self) -> None:
 
@@ -82,6 +86,7 @@ class MetaTrainConfig(MetaOptions):
                 positive(key, getattr(self, key))
         if self.resume and self.overwrite:
             raise InputError("choose one of --resume and --overwrite")
+        check_report_to(self.report_to)
 
 
 _RESTART_KEYS = ("resume", "overwrite", "num_processes", "device")
@@ -251,16 +256,24 @@ def _train_andwrite_run_files(config: MetaTrainConfig, procs, trainer, train, ev
         if procs.is_main:
             write_json(work / "before.json", before)
     main = procs.is_main
-    result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
-                          eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main)
-    if result["stopped"]:
-        kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
-                if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
-        raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
-    if not main:
-        return {}
-    after_eval = eval_summary(trainer, eval_set, progress=True)
-    after = after_eval["summary"]
+    with Tracker(config.report_to, work, config.name, config_dict(config), enabled=main,
+                 resumed_at=trainer.step_count if config.resume else None) as tracker:
+        if not config.resume:
+            tracker.log(before, 0, "before")
+        result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
+                              eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main,
+                              on_step=lambda log: tracker.log(log, log["step"], "train"),
+                              on_eval=lambda step, summary: tracker.log(summary, step, "eval"))
+        if result["stopped"]:
+            kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
+                    if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
+            raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
+        if not main:
+            return {}
+        after_eval = eval_summary(trainer, eval_set, progress=True)
+        after = after_eval["summary"]
+        tracker.log(after, result["steps"], "after")
+        tracker.log({"wall_s": result["wall_s"]}, result["steps"], "summary")
     write_jsonl(work / "records.jsonl", after_eval["records"])
     summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
     write_json(work / "summary.json", summary)
