@@ -46,7 +46,7 @@ def _numbers(row: dict) -> dict:
 def test_meta_train_sends_its_jsonl_curves_to_tensorboard(dataset, saved_gpt2_256, tmp_path):
     assert main(["meta-train", "--data", dataset, "--model", saved_gpt2_256, "--runs-dir", str(tmp_path),
                  "--name", "m", "--train-limit", "8", "--epochs", "2", "--eval-every", "3", *FAST,
-                 "--report-to", "tensorboard"]) == 0
+                 "--ppl-texts", "2", "--ppl-max-tokens", "16", "--report-to", "tensorboard"]) == 0
     run = tmp_path / "m"
     scalars = _scalars(run / "tensorboard")
     train = _jsonl(run / "train_log.jsonl")
@@ -64,6 +64,9 @@ def test_meta_train_sends_its_jsonl_curves_to_tensorboard(dataset, saved_gpt2_25
             for metric, value in metrics.items():
                 assert (step, _f32(value)) in scalars[f"{prefix}/{setting}/{metric}"], (prefix, setting, metric)
     assert scalars["summary/wall_s"] == [(8, _f32(summary["wall_s"]))]
+    for stage in ("before", "after"):  # the damage check's perplexities
+        ppl = summary["heldout_text"][stage]["ppl"]
+        assert scalars[f"summary/heldout_text/{stage}/ppl"] == [(8, _f32(ppl))]
 
 
 def test_prepare_sends_its_losses_to_tensorboard(dataset, saved_gpt2_256, tmp_path):

@@ -318,17 +318,22 @@ def table4(runs: Sequence[Run]) -> Table:
 def table5(runs: Sequence[Run], metric: str) -> Table:
     table = Table("table5", f"Table 5: one step on an irrelevant context — {metric} %",
                   ["task", "model", "No Context (base model)", "No Context (this model)", "Irrelevant Context",
-                   "leak: answers with the irrelevant context's answer", "Normal Context"],
+                   "leak: answers with the irrelevant context's answer", "leak with that context in the prompt",
+                   "FT agrees with Prompt", "Normal Context"],
                   paper=_paper_table("table5", "dataset", paper.TABLE5, paper.TABLE5_COLUMNS, 5),
-                  note=f"Leak = {LEAK[metric]}: the same metric scored against the irrelevant context's answer. The "
-                       "paper reports no leak rate.")
+                  note=f"Leak = {LEAK[metric]}: the same metric scored against the irrelevant context's answer; "
+                       "beside it the same leak when the irrelevant context is put in the prompt instead (what a step "
+                       "that simulates prompting should match), and the share of items where the step's answer "
+                       "equals the prompted one. The paper reports no leak rate.")
     controls = [r for r in runs if r.kind == "controls"]
     for run in sorted(controls, key=lambda r: (r.task, _model_order(str(r.config["model"])))):
         scores = run.summary["eval"]
         irrelevant = scores["irrelevant"]
+        prompted = scores.get("irrelevant_prompt")
         table.rows.append([run.task, model_label(str(run.config["model"])), _cell(run.summary.get("base_nc"), metric),
                            _cell(scores.get("nc"), metric), _cell(irrelevant, metric),
-                           _cell(irrelevant, LEAK[metric]), _cell(scores.get("ft"), metric)])
+                           _cell(irrelevant, LEAK[metric]), _cell(prompted, LEAK[metric]),
+                           _cell(irrelevant, "agree_prompt"), _cell(scores.get("ft"), metric)])
     return table
 
 
