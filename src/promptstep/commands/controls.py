@@ -23,10 +23,15 @@ class ControlsConfig(EvalConfig):
     `train_n` train triplets, and the 2x2 correctness breakdown on both (paper Tables 4 and 5)."""
 
     train_split: str = "train"
+    """Split of the training triplets for the train-split breakdown."""
     train_n: int = 100
+    """Training triplets scored (NC and FT) for the train-split breakdown (0 = none)."""
     base: str | None = None
+    """Base model whose NC accuracy is added to the summary (default: none)."""
     breakdown_metric: str = "em"
+    """Metric that decides correct or not in the 2x2 breakdown: em, starts or tok_acc."""
     seed: int = 0
+    """Seed of the choice of each query's irrelevant context."""
 
     def validate(self) -> None:
         super().validate()

@@ -18,6 +18,7 @@ from promptstep.errors import InputError, TrainingStopped
 from promptstep.formats import Format, fit_lengths
 from promptstep.meta.options import MetaOptions
 from promptstep.runs import run_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+from promptstep.tracking import Tracker, check_report_to
 
 
 @dataclass
@@ -25,27 +26,53 @@ class MetaTrainConfig(MetaOptions):
     """`promptstep meta-train`: meta-train so one inner step on a context acts like prompting with it."""
 
     model: str = "tiny"
+    """Model: smollm2-135m (embedded), tiny (embedded), a local directory such as runs/NAME/model, or a hub id."""
     data: str = ""
+    """Dataset directory holding <train_split>.jsonl and <eval_split>.jsonl. Required."""
     train_split: str = "train"
+    """Split meta-training reads."""
     eval_split: str = "test"
+    """Split evaluated before and after meta-training (and every eval_every steps)."""
     train_limit: int | None = None
+    """Use only the first N training triplets (default: all)."""
     eval_n: int = 100
-    ppl_texts: int = 32  # damage check: perplexity on this many held-out Wikipedia paragraphs before / after (0: off)
+    """Number of eval_split triplets evaluated (the first N)."""
+    ppl_texts: int = 32
+    """Damage check: perplexity before and after on this many held-out offline-Wikipedia paragraphs (0 = off)."""
     ppl_max_tokens: int = 128
+    """Damage check: tokens of each paragraph scored (its first N)."""
     epochs: int = 1
+    """Passes over the training triplets, each in a seeded order."""
     max_steps: int | None = None
+    """Stop after this many outer steps (default: every full batch of every epoch)."""
     eval_every: int = 0
+    """Also evaluate every N outer steps, into eval_log.jsonl (0 = only before and after)."""
     checkpoint_every: int = 50
+    """Write a resumable checkpoint every N outer steps and at the end (0 = none)."""
     seed: int = 0
+    """Seed of the batch order and of LoRA's initialisation."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     name: str = "meta"
+    """Run name: the run is written to runs_dir/name."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     resume: bool = False
+    """Continue the run from its checkpoint (an interrupted run, or a finished one to extend); the other options must
+    match the saved config."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
     before_from: str | None = None
+    """Reuse the before-evaluation (before.json) of another meta-train run with the same model, data and inner step."""
     device: str = "auto"
+    """Device: auto (the GPU if torch sees one), cpu, cuda or cuda:N."""
     num_processes: int = 1
+    """Data-parallel processes to start on this machine (gloo on CPU, NCCL on GPUs); --threads is split among them."""
     trust_remote_code: bool = False
+    """Let a model that ships its own Python code run it (off: such a model is refused)."""
+    report_to: str = "none"
+    """Also send the training curves to an experiment tracker: none, tensorboard (pip install
+    'promptstep[tracking]'; event files in the run's tensorboard/), trackio or wandb (pip install trackio / wandb)."""
 
     def validate(self) -> None:
 
@@ -65,6 +92,7 @@ class MetaTrainConfig(MetaOptions):
                 positive(key, getattr(self, key))
         if self.resume and self.overwrite:
             raise InputError("choose one of --resume and --overwrite")
+        check_report_to(self.report_to)
 
 
 _RESTART_KEYS = ("resume", "overwrite", "num_processes", "device")
@@ -243,26 +271,35 @@ def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eva
         if procs.is_main:
             write_json(work / "before.json", before)
     main = procs.is_main
-    result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
-                          eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main)
-    if result["stopped"]:
-        kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
-                if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
-        raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
-    if not main:
-        return {}
-    after_eval = eval_summary(trainer, eval_set, progress=True)
-    after = after_eval["summary"]
+    with Tracker(config.report_to, work, config.name, config_dict(config), enabled=main,
+                 resumed_at=trainer.step_count if config.resume else None) as tracker:
+        if not config.resume:
+            tracker.log(before, 0, "before")
+        result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
+                              eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main,
+                              on_step=lambda log: tracker.log(log, log["step"], "train"),
+                              on_eval=lambda step, summary: tracker.log(summary, step, "eval"))
+        if result["stopped"]:
+            kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
+                    if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
+            raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
+        if not main:
+            return {}
+        after_eval = eval_summary(trainer, eval_set, progress=True)
+        after = after_eval["summary"]
+        summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
+        if texts:
+            ppl = json.loads((work / "heldout_ppl.json").read_text())
+            ppl["after"] = heldout_perplexity(trainer.eval_model(), trainer.tokenizer, texts, config.ppl_max_tokens)
+            ppl["change_pct"] = 100 * (ppl["after"]["ppl"] / ppl["before"]["ppl"] - 1)
+            ppl["source"] = f"{len(texts)} held-out (test-split) paragraphs of the offline Wikipedia dump, first " \
+                            f"{config.ppl_max_tokens} tokens each"
+            write_json(work / "heldout_ppl.json", ppl)
+            summary["heldout_text"] = ppl
+        tracker.log(after, result["steps"], "after")
+        tracker.log({"wall_s": result["wall_s"], "heldout_text": summary.get("heldout_text", {})}, result["steps"],
+                    "summary")
     write_jsonl(work / "records.jsonl", after_eval["records"])
-    summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
-    if texts:
-        ppl = json.loads((work / "heldout_ppl.json").read_text())
-        ppl["after"] = heldout_perplexity(trainer.eval_model(), trainer.tokenizer, texts, config.ppl_max_tokens)
-        ppl["change_pct"] = 100 * (ppl["after"]["ppl"] / ppl["before"]["ppl"] - 1)
-        ppl["source"] = f"{len(texts)} held-out (test-split) paragraphs of the offline Wikipedia dump, first " \
-                        f"{config.ppl_max_tokens} tokens each"
-        write_json(work / "heldout_ppl.json", ppl)
-        summary["heldout_text"] = ppl
     write_json(work / "summary.json", summary)
     write_summary_csv(work / "metrics.csv", {f"{stage}/{s}": e for stage, block in (("before", before),
                                                                                     ("after", after))

@@ -389,9 +389,13 @@ class ReproduceConfig:
     """`promptstep reproduce --suite FILE`: run a YAML-described suite end to end, then its report."""
 
     suite: str = ""
+    """YAML suite file, e.g. configs/suite-cpu.yaml. Required."""
     only: tuple[str, ...] = ()
+    """Run only these blocks of the suite (default: all)."""
     resume: bool = False
+    """Continue the suite: finished steps are reused as they are, an interrupted meta-training resumes."""
     overwrite: bool = False
+    """Replace the suite's existing directory."""
 
     def validate(self) -> None:
         if not self.suite:

@@ -268,7 +268,8 @@ def table2(runs: Sequence[Run], metric: str) -> Table:
                   "queries of all N contexts (± SE over random groups)", ["task", "model", *columns],
                   paper=_paper_table("table2", "model", paper.TABLE2, paper.TABLE2_COLUMNS, 2),
                   note="sequential@N = N separate steps, one per context; batched@N = one step on the mean loss of "
-                       "the N contexts. The paper's columns are sequential (papers.md §1.7).")
+                       "the N contexts. The paper's columns are sequential (Zhang, Choshen & Andreas 2025, "
+                       "arXiv 2506.20989, Table 2: N updates in sequence).")
     for run in sorted(multi, key=lambda r: (r.task, _model_order(str(r.config["model"])))):
         settings = run.summary["settings"]
         table.rows.append([run.task, model_label(str(run.config["model"])),
@@ -385,7 +386,8 @@ def build_report(runs: Sequence[Run], metric: str) -> list[Table]:
 
 def report_markdown(tables: Sequence[Table], runs: Sequence[Run], figure: bool) -> str:
     parts = ["# promptstep report", "", f"Runs: {len(runs)} ({', '.join(sorted({r.kind for r in runs}))}). "
-             "Our numbers: mean ± standard error. The paper does not define its accuracy (papers.md §1.10).", ""]
+             "Our numbers: mean ± standard error. The paper (Zhang, Choshen & Andreas 2025, arXiv 2506.20989) "
+             "does not define its accuracy.", ""]
     notes = choice_notes(runs)
     if notes:
         parts += ["Several runs fit one slot of Figure 2 / Table 1; the tables use the first in path order:", ""]
