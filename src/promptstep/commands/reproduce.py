@@ -17,9 +17,12 @@ A suite has blocks; a block is one model with its tasks, budgets and experiments
           figure2:  {tasks: [character], objectives: [lc, lg]}
           lora:     {tasks: [character], modes: {outer: {}, inner: {inner_lr: 3.0}}, objective: lg}
           multi:    {tasks: [character], inner_ks: [1, 4, 16], meta: {batch_size: 16}, eval: {n_groups: 10}}
-          controls: {tasks: [character], objective: lg, train_n: 50, base_model: true}
+          controls: {tasks: [character], objective: lg, train_n: 50, base_model: true, limit: 100}
           transfer: {source: reversal, target: character, objective: lg}
-          cross:    {pairs: [[character, character-d2]], objective: lg}   # a model trained on one, tested on another
+          cross:    {pairs: [[character, character-d2], [mix, "mix:test_families"]], objectives: [lc, lg],
+                     base_model: true, limit: 300}  # models trained on one task, tested on another task / split
+
+`limit` (controls, cross) is the number of evaluation triplets (default: meta's eval_n).
 
 Each step is an ordinary run directory (meta-train, multi-context, controls, transfer); a step whose run is
 complete is reused with `--resume true` (an interrupted meta-train run resumes from its checkpoint), then
@@ -52,13 +55,13 @@ EXPERIMENT_KEYS = {
     "figure2": {"tasks", "objectives", "meta"},
     "lora": {"tasks", "modes", "objective", "meta"},
     "multi": {"tasks", "inner_ks", "objective", "meta", "eval"},
-    "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed", "base_model"},
-    "cross": {"pairs", "objective", "objectives", "meta", "base_model"},
+    "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed", "base_model", "limit"},
+    "cross": {"pairs", "objective", "objectives", "meta", "base_model", "limit"},
     "transfer": {"source", "target", "objective", "meta", "modes", "joint_weight", "prep_examples", "prep_steps",
                  "prep_batch_size", "prep_lr", "prep_nc_weight"},
 }
 MULTI_KS = [1, 4, 16]
-CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed")
+CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed", "limit")
 BLOCK_KEYS = {"name", "model", "tasks", "prepare", "meta", "experiments"}
 SUITE_KEYS = {"name", "runs_dir", "metric", "blocks"}
 TASK_SOURCES = ("generate", "data", "distract")
@@ -299,7 +302,8 @@ class BlockRunner:
         """`eval` / `controls` options of that FT step (one learning rate)."""
         step = self._meta_defaults(spec)
         return {"lrs": [step["lr"]], "steps": step["steps"], "param_filter": step["param_filter"],
-                "rule": step["rule"], "max_new_tokens": step["max_new_tokens"], "limit": step["eval_n"]}
+                "rule": step["rule"], "max_new_tokens": step["max_new_tokens"],
+                "limit": spec.get("limit", step["eval_n"])}  # an experiment's own `limit`, else meta's eval_n
 
     def figure2(self, spec: dict) -> None:
         for task in spec.get("tasks", list(self.block.tasks)):
