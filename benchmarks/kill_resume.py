@@ -40,10 +40,14 @@ def _args(data: Path, runs: Path, name: str, model: str, n_train: int) -> list[s
 
 
 def _checkpoint_step(run: Path) -> int:
-    try:
-        return json.loads((run / "checkpoint" / "state.json").read_text())["progress"]["step"]
-    except (OSError, ValueError):  # none yet, or being swapped in right now
-        return 0
+    """The step of the run's latest checkpoint: in its in-progress directory while it trains, in the run directory
+    once published (0: none yet, or one being swapped in right now)."""
+    for directory in (run.parent / f".{run.name}.inprogress", run):
+        try:
+            return json.loads((directory / "checkpoint" / "state.json").read_text())["progress"]["step"]
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _kill_after_checkpoint(command: list[str], run: Path, delay: float, after: int) -> tuple[str, int]:
