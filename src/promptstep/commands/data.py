@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptstep.commands.common import (
@@ -12,6 +12,8 @@ from promptstep.config import config_dict
 from promptstep.data.triplets import Triplet, write_triplets
 from promptstep.errors import InputError
 from promptstep.runs import staged_dir, write_json, write_yaml
+
+REPEATS = {"repeats": True}  # a list option whose repeated values mean something (here: weights)
 
 
 @dataclass
@@ -32,10 +34,12 @@ class DataConfig:
     min_paragraph_words: int = 30
     max_passage_words: int | None = None
     # character / reversal only (synthetic.SyntheticOptions; the defaults give the original files byte for byte):
-    facts: tuple[int, ...] = (1,)  # facts per context, drawn uniformly from the list (1,2,2: 2 twice as often)
+    # facts per context, drawn uniformly from the list (1,2,2: 2 twice as often)
+    facts: tuple[int, ...] = field(default=(1,), metadata=REPEATS)
     same_family: float = 0.25  # P(a distractor fact is of the queried family, another filler)
     same_filler: float = 0.25  # P(a distractor fact is of another family, the queried filler)
-    name_styles: tuple[str, ...] = ("invented",)  # invented, common, initials, titled, hyphenated; one per triplet
+    # invented, common, initials, titled, hyphenated; one per triplet
+    name_styles: tuple[str, ...] = field(default=("invented",), metadata=REPEATS)
     heldout_families: int = 0  # K > 0: K families only in test_families.jsonl, never in train/test
     templates: str = "canonical"  # canonical | varied fact phrasings
     overwrite: bool = False
