@@ -49,7 +49,7 @@ def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path
         load_split(config.data, config.train_split, config.train_n)
     check_models(config if model_and_tokenizer is None else None, config.base)
     from promptstep.evaluate import evaluate, summarize
-    from promptstep.experiments.controls import correctness_breakdown, evaluate_irrelevant, summarize_irrelevant
+    from promptstep.experiments.controls import correctness_breakdown, evaluate_irrelevant
     from promptstep.reporting.render import markdown_table
 
     with staged_dir(out, config.overwrite) as staging:
@@ -60,7 +60,7 @@ def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path
         start = time.time()
         records = [{**r, "split": config.split} for r in evaluate(model, tokenizer, test, options)]
         irrelevant = evaluate_irrelevant(model, tokenizer, test, options, seed=config.seed)
-        eval_summary = {**summarize(records), "irrelevant": summarize_irrelevant(irrelevant)}
+        eval_summary = {**summarize(records), **summarize(irrelevant)}  # + irrelevant (FT), irrelevant_prompt
         records += [{**r, "split": config.split} for r in irrelevant]
         summary: dict = {"kind": "controls", "model": config.model, "eval": eval_summary,
                          "breakdown": {config.split: correctness_breakdown(records, config.breakdown_metric)}}

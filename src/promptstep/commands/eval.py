@@ -100,7 +100,7 @@ def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     triplets = load_split(config.data, config.split, config.limit)
     if model_and_tokenizer is None:
         check_models(config)
-    from promptstep.evaluate import evaluate, summarize
+    from promptstep.evaluate import evaluate, summarize, summarize_by_tag
     from promptstep.models import max_length
     from promptstep.reporting.render import markdown_table, plot_settings
 
@@ -114,10 +114,18 @@ def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
         start = time.time()
         records = evaluate(model, tokenizer, triplets, options)
         summary = summarize(records)
+        groups = summarize_by_tag(records)  # per number of facts, seen / held-out family, name style
         write_jsonl(staging / "records.jsonl", records)
-        write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "settings": summary})
-        write_summary_csv(staging / "metrics.csv", summary)
+        write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "settings": summary,
+                                              **({"by_tag": groups} if groups else {})})
+        write_summary_csv(staging / "metrics.csv", {**summary, **{f"{s}[{tag}={value}]": e
+                                                                  for tag, by_value in groups.items()
+                                                                  for value, block in by_value.items()
+                                                                  for s, e in block.items()}})
         plot_settings({config.model: summary}, staging / "settings.png", f"{config.model} on {source}")
     print(markdown_table({config.model: summary}))
+    for tag, by_value in groups.items():
+        print(f"\nby {tag}:")
+        print(markdown_table({f"{tag}={value}": block for value, block in by_value.items()}))
     print(f"results in {out}")
     return out, summary

@@ -32,6 +32,8 @@ class MetaTrainConfig(MetaOptions):
     eval_split: str = "test"
     train_limit: int | None = None
     eval_n: int = 100
+    ppl_texts: int = 32  # damage check: perplexity on this many held-out Wikipedia paragraphs before / after (0: off)
+    ppl_max_tokens: int = 128
     epochs: int = 1
     max_steps: int | None = None
     eval_every: int = 0
@@ -52,7 +54,9 @@ class MetaTrainConfig(MetaOptions):
         if not self.data:
             raise InputError("meta-train needs --data (a dataset directory)")
         super().validate()
-        for key in ("eval_n", "epochs", "num_processes"):
+        if self.ppl_texts < 0:
+            raise InputError(f"config key 'ppl_texts' must be >= 0, got {self.ppl_texts}")
+        for key in ("eval_n", "epochs", "num_processes", "ppl_max_tokens"):
             positive(key, getattr(self, key))
         if self.batch_size < self.num_processes:
             raise InputError(f"batch_size {self.batch_size} is smaller than num_processes {self.num_processes}")
@@ -223,7 +227,7 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
         work = procs.broadcast(procs.on_main(lambda: _open_work_dir(config, out, source,
                                                                     _disk_bytes_needed(model, config))))
         try:
-            summary = _train_and_write_run_files(config, procs, trainer, train, eval_set, work, reused_before)
+            summary = _train_and_write_outputs(config, procs, trainer, train, eval_set, work, reused_before)
         except BaseException:
             if procs.is_main:
                 clean_up(work / "checkpoint")  # a save cut short by the interruption leaves no staging behind
@@ -233,13 +237,18 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
         if procs.is_main:
             publish(work, out)
             print(markdown_table({"before": summary["before"], "after": summary["after"]}))
+            if "heldout_text" in summary:
+                ppl = summary["heldout_text"]
+                print(f"held-out text perplexity (damage check): {ppl['before']['ppl']:.2f} -> "
+                      f"{ppl['after']['ppl']:.2f} ({ppl['change_pct']:+.1f} %)")
             print(f"results in {out}; meta-trained model in {out / 'model'}")
     return out, summary
 
 
-def _train_and_write_run_files(config: MetaTrainConfig, procs, trainer, train, eval_set, work: Path,
-                               reused_before: dict | None) -> dict:
+def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eval_set, work: Path,
+                             reused_before: dict | None) -> dict:
     """Train in `work` (resuming from its checkpoint if `--resume`), evaluate, and write every output there."""
+    from promptstep.evaluate import heldout_perplexity
     from promptstep.meta.loop import batches_for, eval_summary, run_training
     from promptstep.reporting.render import plot_settings, plot_training
     from promptstep.runs import trim_log
@@ -249,6 +258,10 @@ def _train_and_write_run_files(config: MetaTrainConfig, procs, trainer, train, e
             procs.on_main(lambda log=log: trim_log(work / log, trainer.step_count))
     examples = procs.main_first(lambda: trainer.build_examples(train, progress=procs.is_main))
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
+    texts = heldout_texts(config.ppl_texts)
+    if procs.is_main and texts and not (work / "heldout_ppl.json").is_file():
+        write_json(work / "heldout_ppl.json", {"before": heldout_perplexity(trainer.eval_model(), trainer.tokenizer,
+                                                                            texts, config.ppl_max_tokens)})
     if config.resume:
         from promptstep.files import read_json
 
@@ -277,6 +290,14 @@ def _train_and_write_run_files(config: MetaTrainConfig, procs, trainer, train, e
     after = after_eval["summary"]
     write_jsonl(work / "records.jsonl", after_eval["records"])
     summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
+    if texts:
+        ppl = json.loads((work / "heldout_ppl.json").read_text())
+        ppl["after"] = heldout_perplexity(trainer.eval_model(), trainer.tokenizer, texts, config.ppl_max_tokens)
+        ppl["change_pct"] = 100 * (ppl["after"]["ppl"] / ppl["before"]["ppl"] - 1)
+        ppl["source"] = f"{len(texts)} held-out (test-split) paragraphs of the offline Wikipedia dump, first " \
+                        f"{config.ppl_max_tokens} tokens each"
+        write_json(work / "heldout_ppl.json", ppl)
+        summary["heldout_text"] = ppl
     write_json(work / "summary.json", summary)
     write_summary_csv(work / "metrics.csv", {f"{stage}/{s}": e for stage, block in (("before", before),
                                                                                     ("after", after))
@@ -286,6 +307,16 @@ def _train_and_write_run_files(config: MetaTrainConfig, procs, trainer, train, e
     plot_training(work / "train_log.jsonl", work / "training.png")
     trainer.export(work)
     return summary
+
+
+def heldout_texts(n: int) -> list[str]:
+    """The first `n` test-split paragraphs of the offline Wikipedia dump (articles no Wikipedia task trains on):
+    the text of the damage check."""
+    if n == 0:
+        return []
+    from promptstep.data.wiki_offline import wiki_offline_paragraphs
+
+    return [text for _, text in wiki_offline_paragraphs("test")[:n]]
 
 
 def _disk_bytes_needed(model, config: MetaTrainConfig) -> int:

@@ -60,7 +60,7 @@ EXPERIMENT_KEYS = {
     "lora": {"tasks", "modes", "objective", "meta"},
     "multi": {"tasks", "inner_ks", "objective", "meta", "eval"},
     "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed", "base_model"},
-    "cross": {"pairs", "objective", "meta"},
+    "cross": {"pairs", "objective", "objectives", "meta", "base_model"},
     "transfer": {"source", "target", "objective", "meta", "modes", "joint_weight", "prep_examples", "prep_steps",
                  "prep_batch_size", "prep_lr", "prep_nc_weight"},
 }
@@ -191,7 +191,8 @@ def load_suite(path: str | Path) -> Suite:
                                       f"{spot}.experiments.{k}") for k, v in experiments.items()}
         for kind, spec in experiments.items():
             named = list(spec.get("tasks", [])) + [spec[k] for k in ("source", "target") if k in spec]
-            named += [task for pair in spec.get("pairs", []) for task in pair]
+            named += [task_and_split(task, f"{spot}.experiments.{kind}")[0]
+                      for pair in spec.get("pairs", []) for task in pair]
             for task in named:
                 if task not in tasks:
                     raise InputError(f"{spot}.experiments.{kind}: unknown task '{task}' (tasks: {', '.join(tasks)})")
@@ -256,6 +257,12 @@ def check_options(suite: Suite) -> None:
                                  | {"source": "-", "target": "-"})
         except InputError as err:
             raise InputError(f"suite block '{block.name}': {err}") from None
+
+
+def task_and_split(target: str, where: str) -> tuple[str, str]:
+    """'TASK' -> (TASK, 'test'); 'TASK:SPLIT' -> (TASK, SPLIT), the split a safe file name."""
+    task, _, split = str(target).partition(":")
+    return task, safe_name(split, f"{where}: split name") if split else "test"
 
 
 def _remove_stale_runs(block_dir: Path, kept: set[Path]) -> None:
@@ -401,16 +408,23 @@ class BlockRunner:
                 self._step(self.dir / name, lambda _, c=config: run_controls(c))
 
     def cross(self, spec: dict) -> None:
-        """FT of the model meta-trained on one task, evaluated on another task's test set."""
+        """NC / Prompt / FT of the models meta-trained on one task (each of `objectives`, and the base model with
+        `base_model: true`), evaluated on another task's test set or on a split of it (`TASK:SPLIT`, e.g. the
+        held-out families `mix:test_families`)."""
         step = self._eval_step(spec)
-        objective = spec.get("objective", "lg")
-        for train_task, eval_task in spec.get("pairs", []):
-            model = self.meta(train_task, objective, overrides=spec.get("meta")) / "model"
-            name = f"cross-{objective}-{train_task}-on-{eval_task}"
-            values = {**step, "model": str(model), "data": self.data(eval_task), "name": name,
-                      "runs_dir": str(self.dir), "overwrite": True}
-            config = build_config(EvalConfig, None, values)
-            self._step(self.dir / name, lambda _, c=config: run_eval(c))
+        objectives = spec.get("objectives", [spec.get("objective", "lg")])
+        for train_task, target in spec.get("pairs", []):
+            eval_task, split = task_and_split(target, "cross")
+            models = {objective: str(self.meta(train_task, objective, overrides=spec.get("meta")) / "model")
+                      for objective in objectives}
+            if spec.get("base_model"):
+                models = {"base": self.base(train_task), **models}
+            for label, model in models.items():
+                name = f"cross-{label}-{train_task}-on-{target.replace(':', '-')}"
+                values = {**step, "model": model, "data": self.data(eval_task), "split": split, "name": name,
+                          "runs_dir": str(self.dir), "overwrite": True}
+                config = build_config(EvalConfig, None, values)
+                self._step(self.dir / name, lambda _, c=config: run_eval(c))
 
     def transfer(self, spec: dict) -> None:
         source, target = spec["source"], spec["target"]
