@@ -717,6 +717,10 @@ BAD = [
         r"'modes' lists 'batched' twice"),
     Bad("analyze-rules-repeated", "analyze --models tiny --runs-dir {runs} --rules sgd,sgd", r"'rules' lists 'sgd'"),
     Bad("analyze-models-repeated", "analyze --models tiny,tiny --runs-dir {runs}", r"'models' lists 'tiny' twice"),
+    Bad("distract-split-is-a-fifo", "distract --data pipes --out {tmp}/d --splits test", r"pipes/test.jsonl: is a "
+        r"named pipe \(FIFO\)", setup=fifo("pipes/test.jsonl")),
+    Bad("distract-split-missing", "distract --data {data} --out {tmp}/d --splits train,dev",
+        r"dev.jsonl: no such file"),
     Bad("distract-splits-repeated", "distract --data {data} --out {tmp}/d --splits test,test", r"lists 'test' twice"),
     Bad("report-runs-repeated", "report {runs} {runs}", r"config key 'runs' lists", setup=finished_run),
     Bad("reproduce-only-repeated", "reproduce --suite {tmp}/s.yaml --only b,b", r"'only' lists 'b' twice"),
