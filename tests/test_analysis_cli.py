@@ -68,7 +68,7 @@ def test_character_run_compares_prompt_with_one_step(character, tmp_path):
         (["--n-demos", "30"], "over the 256-token window of tiny"),
         (["--train-params", "(["], "not a valid regex"),
         (["--permutations", "3"], "permutations 3 is more than the 2 orders"),
-        (["--models", "no/such/dir/x"], "neither an embedded model"),
+        (["--models", "no/such/dir/x"], "no such directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):

@@ -21,16 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from promptstep.errors import InputError
+from promptstep.files import parse_json, pickled_files
+from promptstep.runs import give_default_mode
 
 WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-
-
-def pickled_files(path: Path) -> list[str]:
-    """Names of the files in directory `path` that hold pickles (which can run code when loaded)."""
-    return sorted(p.name for p in path.glob("*") if p.suffix in PICKLE_SUFFIXES)
 
 
 def _old(path: Path) -> Path:
@@ -100,6 +96,7 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optimizer: tor
     clean_up(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
     try:
+        give_default_mode(staging)
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(staging / WEIGHTS))
         opt_tensors, opt_meta = _optimizer_tensors(optimizer)
         opt_tensors["__rng__"] = torch.get_rng_state()
@@ -111,6 +108,7 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optimizer: tor
         }
         (staging / STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
         for name in (WEIGHTS, OPTIMIZER, STATE):
+            give_default_mode(staging / name)  # safetensors writes 0600
             _fsync(staging / name)
         old = _old(path)
         if old.exists():
@@ -142,11 +140,13 @@ def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer | None = None,
                              "promptstep reads safetensors only")
         raise InputError(f"{path}: not a promptstep checkpoint (no {STATE})")
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
+        state = parse_json(state_file.read_text(encoding="utf-8"), str(state_file))
         checksums, progress, opt_meta = state["sha256"], state["progress"], state["optimizer"]
-        if not isinstance(checksums, dict):
-            raise TypeError("'sha256' is not a mapping")
-    except (ValueError, KeyError, TypeError) as err:
+        if not isinstance(checksums, dict) or not isinstance(progress, dict):
+            raise TypeError("'sha256' or 'progress' is not a mapping")
+        if not isinstance(progress.get("step"), int) or isinstance(progress["step"], bool) or progress["step"] < 0:
+            raise TypeError(f"progress step {progress.get('step')!r} is not a step number")
+    except (InputError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"{state_file}: unreadable checkpoint state ({type(err).__name__}: {err})") from None
     for name in (WEIGHTS, OPTIMIZER):
         if not (path / name).is_file():
@@ -157,7 +157,11 @@ def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer | None = None,
     if check is not None:
         check(weights)
     opt_tensors = load_file(str(path / OPTIMIZER))
-    torch.set_rng_state(opt_tensors.pop("__rng__"))
-    if optimizer is not None:
-        _restore_optimizer(optimizer, opt_tensors, opt_meta)
+    try:  # the state is checksummed, so a failure here is a checkpoint of another kind of run
+        torch.set_rng_state(opt_tensors.pop("__rng__"))
+        if optimizer is not None:
+            _restore_optimizer(optimizer, opt_tensors, opt_meta)
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+        raise InputError(f"{path}: its optimizer state does not fit this run ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     return weights, progress

@@ -1,16 +1,28 @@
-"""The `promptstep` command: `promptstep <command> [TASK] [--config FILE] [--key value ...]`."""
+"""The `promptstep` command: `promptstep <command> [TASK] [--config FILE] [--key value ...]`.
+
+Exit codes: 0 done; 2 bad input (one line `promptstep CMD: error: ...` on stderr, nothing written); 1 the
+command could not finish (meta-training stopped, a step diverged, out of memory or disk, or an internal error:
+`error: internal error: TYPE: ...`, with the traceback when PROMPTSTEP_DEBUG=1); 130 interrupted (Ctrl-C);
+143 terminated (SIGTERM).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import inspect
+import logging
+import os
 import shutil
 import signal
 import sys
 import textwrap
 import threading
+import traceback
+import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from promptstep.config import build_config, field_docs, option_docs
@@ -75,7 +87,7 @@ def _parse_overrides(tokens: list[str]) -> dict[str, str]:
                 raise InputError(f"option --{key} needs a value")
             value = tokens[i + 1]
             i += 1
-        overrides[key] = value
+        overrides[key] = value  # a later option overrides an earlier one
         i += 1
     return overrides
 
@@ -169,6 +181,53 @@ def _selected(argv: list[str]) -> str | None:
     return next((arg for arg in argv if arg in COMMANDS), None)
 
 
+MAX_ERROR_CHARS = 600  # an error line longer than this is cut (a bad value can be megabytes long)
+DEBUG_VARIABLE = "PROMPTSTEP_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "").lower() not in ("", "0", "false", "no", "off")
+
+
+def one_line(text: str) -> str:
+    """`text` as one line of at most MAX_ERROR_CHARS characters (newlines and tabs become spaces)."""
+    line = " ".join(str(text).split())
+    if len(line) > MAX_ERROR_CHARS:
+        line = f"{line[:MAX_ERROR_CHARS]}... ({len(line) - MAX_ERROR_CHARS:,} more characters)"
+    return line
+
+
+def describe_failure(err: BaseException) -> str:
+    """The error line of an exception no check anticipated: what ran out or went wrong, in words."""
+    message = one_line(str(err)) or "(no message)"
+    if isinstance(err, FloatingPointError):
+        return f"non-finite numbers: {message} (a learning rate too large for these weights?)"
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return f"out of memory ({type(err).__name__}: {message}); try a smaller batch or model"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on the disk{f' writing {err.filename}' if err.filename else ''}"
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}{f': {err.filename}' if err.filename else ''}"
+    return f"internal error: {type(err).__name__}: {message} (set {DEBUG_VARIABLE}=1 for the traceback)"
+
+
+@contextmanager
+def _quiet_libraries():
+    """Library warnings and log messages (transformers' notices, hub retries) off while a command runs, so a
+    failing command prints exactly its one error line; all on with PROMPTSTEP_DEBUG=1."""
+    if _debug():
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:  # `promptstep` alone: the list of commands, not an error
@@ -177,30 +236,37 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, rest = _parser(_selected(argv)).parse_known_args(argv)
     except _UsageError as err:
-        print(err, file=sys.stderr)
+        print(one_line(str(err)), file=sys.stderr)
         return 2
     command = COMMANDS[args.command]
     config_class, run = command.load()
     threads = _threads_now()
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
+    prefix = f"promptstep {args.command}:"
     try:
-        _set_threads(args.threads)
-        overrides = _parse_overrides(rest)
-        if command.positional and getattr(args, command.positional):
-            overrides[command.positional] = getattr(args, command.positional)
-        config = build_config(config_class, args.config, overrides)
-        run(config)
+        with _quiet_libraries():
+            _set_threads(args.threads)
+            overrides = _parse_overrides(rest)
+            if command.positional and getattr(args, command.positional):
+                overrides[command.positional] = getattr(args, command.positional)
+            config = build_config(config_class, args.config, overrides)
+            run(config)
     except InputError as err:
-        print(f"promptstep {args.command}: error: {err}", file=sys.stderr)
+        print(one_line(f"{prefix} error: {err}"), file=sys.stderr)
         return 2
     except TrainingStopped as err:
-        print(f"promptstep {args.command}: {err}", file=sys.stderr)
+        print(one_line(f"{prefix} {err}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
-        print(f"promptstep {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        print(f"{prefix} {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
+    except Exception as err:  # the last resort: one line, never a traceback unless asked for
+        if _debug():
+            traceback.print_exc()
+        print(one_line(f"{prefix} error: {describe_failure(err)}"), file=sys.stderr)
+        return 1
     finally:
         _restore_threads(threads)
         if previous is not None:

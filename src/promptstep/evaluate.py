@@ -12,8 +12,18 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
-from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
+from promptstep.formats import (
+    Encoded,
+    Format,
+    encode_pair,
+    encode_text,
+    ft_setting_names,
+    lm_batch,
+    pad_batch,
+    to_device,
+)
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, normalize_answer, starts_with_answer
+from promptstep.models import max_length
 from promptstep.updates import InnerStep
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
@@ -38,7 +48,7 @@ class EvalOptions:
     def ft_steps(self) -> list[tuple[str, InnerStep]]:
         """(setting name, step) of every FT setting: plain 'ft' when only one learning rate is evaluated."""
         lrs = self.lrs or (self.inner.lr,)
-        return [("ft" if len(lrs) == 1 else f"ft@{lr:g}", self.inner.with_lr(lr)) for lr in lrs]
+        return [(name, self.inner.with_lr(lr)) for name, lr in zip(ft_setting_names(lrs), lrs)]
 
 
 @torch.no_grad()
@@ -106,6 +116,10 @@ def greedy_continuations(model, tokenizer, prefixes: Sequence[list[int]], max_ne
     Newlines before any text are kept and do not end the answer (raw chat models often start with one).
     """
     batch = pad_batch(list(prefixes), tokenizer.pad_token_id, left=True)
+    width, limit = batch["input_ids"].shape[1], max_length(model, tokenizer)
+    if width + max_new_tokens > limit:  # fit_lengths keeps every command below this; a library caller may not
+        raise InputError(f"generating {max_new_tokens} tokens after a {width}-token prompt would pass the model's "
+                         f"{limit}-token window (fit the triplets first: formats.fit_lengths)")
     device = next(model.parameters()).device
     out = model.generate(
         **to_device(batch, device),

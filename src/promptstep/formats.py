@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 
 SETTINGS = ("nc", "prompt", "ft")
+
+
+def ft_setting_names(lrs: tuple[float, ...]) -> list[str]:
+    """The FT setting of each learning rate: 'ft' when there is one, else 'ft@LR'; InputError if two rates
+    print alike (their rows would merge into one setting with n doubled)."""
+    if len(lrs) == 1:
+        return ["ft"]
+    names = [f"ft@{lr:g}" for lr in lrs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise InputError(f"learning rates {lrs[names.index(name)]!r} and {lrs[i]!r} are both written {name}; "
+                             "give rates that differ in their first 6 digits")
+    return names
 
 if TYPE_CHECKING:
     import torch
@@ -99,24 +112,52 @@ def lm_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]
     return batch
 
 
-def fit_lengths(triplets: list[Triplet], tokenizer, limit: int, fmt: Format, truncate: bool,
-                source: str) -> list[Triplet]:
-    """Check that every Prompt-format sequence fits in `limit` tokens; cut contexts from the left if `truncate`."""
+def needed_length(tokenizer, triplet: Triplet, fmt: Format, new_tokens: int = 0) -> int:
+    """Tokens of the longest sequence any command builds from `triplet`: its Prompt-format prefix followed by the
+    answer (scored, or trained on with the answer's suffix), or by `new_tokens` generated tokens (greedy answers,
+    the LC teacher's included, stop at most there). Every other sequence (NC, FT, the context alone) is shorter."""
+    prefix = fmt.prefix(triplet, "prompt")
+    answered = encode_pair(tokenizer, prefix, triplet.answer + fmt.answer_suffix, fmt.answer_prefix)
+    return max(len(answered.ids), len(encode_text(tokenizer, prefix)) + new_tokens)
+
+
+TRUNCATE_HINT = " (pass --truncate true to cut its context)"
+
+
+def fit_lengths(triplets: list[Triplet], tokenizer, limit: int, fmt: Format, truncate: bool, source: str,
+                new_tokens: int = 0, hint: str = TRUNCATE_HINT) -> list[Triplet]:
+    """Check that every sequence built from each triplet, generation of `new_tokens` included, fits in `limit`
+    tokens (`needed_length`); if `truncate`, cut contexts from the left until it does. The one place lengths
+    are fitted: eval, controls, multi-context, transfer, prepare and meta-train (whose LC teacher generates)."""
     fitted = []
     for triplet in triplets:
-        length = len(encode_pair(tokenizer, fmt.prefix(triplet, "prompt"), triplet.answer, fmt.answer_prefix).ids)
+        length = needed_length(tokenizer, triplet, fmt, new_tokens)
         if length <= limit:
             fitted.append(triplet)
             continue
+        generated = f" (with {new_tokens} tokens generated after the prompt)" if new_tokens else ""
         if not truncate:
-            raise InputError(
-                f"{source}: triplet '{triplet.id}' is {length} tokens in the Prompt format, over the model's limit "
-                f"of {limit} (pass --truncate true to cut its context)"
-            )
-        context_ids = tokenizer(triplet.context, add_special_tokens=False).input_ids
-        keep = len(context_ids) - (length - limit) - 1
-        if keep < 1:
-            raise InputError(f"{source}: triplet '{triplet.id}' does not fit in {limit} tokens even without context")
-        context = tokenizer.decode(context_ids[-keep:]).lstrip()
-        fitted.append(Triplet(triplet.id, context, triplet.query, triplet.answer, triplet.answers))
+            raise InputError(f"{source}: triplet '{triplet.id}' is {length} tokens in the Prompt format{generated}, "
+                             f"over the model's limit of {limit}{hint}")
+        fitted.append(_truncated(triplet, tokenizer, limit, fmt, new_tokens, length, source, generated))
     return fitted
+
+
+def _truncated(triplet: Triplet, tokenizer, limit: int, fmt: Format, new_tokens: int, length: int, source: str,
+               generated: str) -> Triplet:
+    """`triplet` with its context cut from the left until `needed_length` fits in `limit` (re-measured after each
+    cut: decoding and re-encoding the kept tokens can merge them differently)."""
+    context_ids = tokenizer(triplet.context, add_special_tokens=False).input_ids
+    keep = len(context_ids) - (length - limit) - 1
+    while keep >= 1:
+        context = tokenizer.decode(context_ids[-keep:]).strip()
+        if context:
+            cut = replace(triplet, context=context)
+            length = needed_length(tokenizer, cut, fmt, new_tokens)
+            if length <= limit:
+                return cut
+            keep -= length - limit
+        else:
+            keep -= 1
+    raise InputError(f"{source}: triplet '{triplet.id}' does not fit in {limit} tokens{generated} even without "
+                     "context")

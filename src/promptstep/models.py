@@ -14,20 +14,13 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from promptstep.checkpoints import pickled_files
 from promptstep.errors import InputError
+from promptstep.model_specs import EMBEDDED, cache_dir, check_model_spec  # noqa: F401 - re-exported
+from promptstep.runs import give_default_mode
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED = ("smollm2-135m", "tiny")
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $PROMPTSTEP_CACHE, else ~/.cache/promptstep."""
-    if os.environ.get("PROMPTSTEP_CACHE"):
-        return Path(os.environ["PROMPTSTEP_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "promptstep"
 
 
 def _smollm2_package_dir() -> Path:
@@ -53,6 +46,7 @@ def _convert_smollm2(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
+        give_default_mode(staging)
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
@@ -62,7 +56,14 @@ def _convert_smollm2(target: Path) -> None:
 
 
 def resolve_model_path(spec: str) -> str:
-    """Turn a spec into something `from_pretrained` accepts, converting an embedded model on first use."""
+    """Turn a spec into something `from_pretrained` accepts, converting an embedded model on first use; a spec
+    that is not a loadable model is refused first (`model_specs.check_model_spec`)."""
+    check_model_spec(spec)
+    return _model_path(spec)
+
+
+def _model_path(spec: str) -> str:
+    """What `from_pretrained` reads for a checked spec."""
     if spec == "smollm2-135m":
         target = cache_dir() / "smollm2-135m"
         if not (target / "config.json").is_file():
@@ -75,19 +76,28 @@ def resolve_model_path(spec: str) -> str:
         if not (path / "config.json").is_file():
             raise InputError(f"tiny model missing at {path}; run: promptstep pretrain-tiny --out {path}")
         return str(path)
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise InputError(f"model directory {path} has no config.json")
-        pickles = pickled_files(path)
-        if pickles and not any(path.glob("*.safetensors")):
-            raise InputError(f"model directory {path} has only pickled weights ({pickles[0]}), and unpickling can "
-                             "run arbitrary code; promptstep loads safetensors only (convert them where you trust "
-                             "the file: save_pretrained(..., safe_serialization=True))")
-        return str(path)
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return spec  # a hub id
-    raise InputError(f"model '{spec}' is neither an embedded model {EMBEDDED}, a local directory, nor a hub id")
+    return str(Path(spec).expanduser()) if Path(spec).expanduser().exists() else spec
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _check_loaded(model: PreTrainedModel, info: dict, spec: str) -> None:
+    """Refuse a model whose config.json does not describe its weights (parameters missing, left over or of
+    another shape: transformers would fill them with random numbers) or whose weights are not finite."""
+    for key, what in (("missing_keys", "lack"), ("unexpected_keys", "hold unknown"),
+                      ("mismatched_keys", "give another shape to")):
+        names = list(info.get(key) or [])
+        if names:
+            first = names[0][0] if isinstance(names[0], tuple) else names[0]
+            raise InputError(f"model '{spec}': its config.json does not match its weights (the weights {what} "
+                             f"{len(names)} parameter(s), e.g. {first})")
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters() if p.is_floating_point())
+    if bad:
+        raise InputError(f"model '{spec}' has {bad} non-finite weight values (NaN or inf); it cannot be evaluated "
+                         "or trained")
 
 
 def load_model(
@@ -104,26 +114,28 @@ def load_model(
     if (Path(spec).expanduser() / "adapter_config.json").is_file():
         return load_adapter_model(Path(spec).expanduser(), dtype=dtype, attn_implementation=attn_implementation,
                                   device=device, trust_remote_code=trust_remote_code)
-    path = resolve_model_path(spec)
+    local_only = check_model_spec(spec) == "hub-cache"  # cached, and the hub cannot be reached: no retries
+    path = _model_path(spec)
     hf_logging.disable_progress_bar()
+    options = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
     try:
-        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        AutoConfig.from_pretrained(path, **options)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                           use_safetensors=True, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True, **options)
     except InputError:
         raise
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # a damaged or mismatched model raises many types (OSError, ValueError, RuntimeError...)
+        first = _first_line(err)
         if "custom code" in first and not trust_remote_code:
             raise InputError(f"model '{spec}' ships its own Python code, which promptstep runs only with "
                              "--trust-remote-code true (read that code first)") from None
         raise InputError(f"could not load model '{spec}': {first}") from None
+    _check_loaded(model, info, spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **options)
+    except Exception as err:
+        raise InputError(f"could not load the tokenizer of model '{spec}': {_first_line(err)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise InputError(f"tokenizer of '{spec}' has neither a pad nor an eos token")

@@ -185,6 +185,36 @@ def _clean_leftovers(path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def umask() -> int:
+    """This process's file-creation mask (read from /proc where there is one: setting and resetting it would
+    race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: Path) -> None:
+    """Give `path` the permissions an ordinary mkdir / open would (tempfile makes them private, 0700 / 0600, and
+    so does safetensors), so published runs and datasets are as readable as the user's other files."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
+
+
+def give_default_modes(root: Path) -> None:
+    """`give_default_mode` for `root` and everything below it (symbolic links are left alone)."""
+    give_default_mode(root)
+    for directory, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = Path(directory) / name
+            if not path.is_symlink():
+                give_default_mode(path)
+
+
 def glob_escape(text: str) -> str:
     """`text` with glob metacharacters escaped."""
     return re.sub(r"([*?\[])", r"[\1]", text)
@@ -192,7 +222,9 @@ def glob_escape(text: str) -> str:
 
 def publish(staging: Path, path: Path) -> None:
     """Move complete output `staging` to `path`, replacing what is there only now (old copy set aside first, so an
-    interruption between the renames leaves it recoverable by the next writer)."""
+    interruption between the renames leaves it recoverable by the next writer); what is published gets the
+    permissions the user's umask gives."""
+    give_default_modes(staging)
     old = None
     if path.exists() or path.is_symlink():
         check_replaceable(path)
@@ -213,6 +245,7 @@ def staged_dir(path: Path, overwrite: bool) -> Iterator[Path]:
     with run_lock(path):
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial-"))
         try:
+            give_default_mode(staging)
             yield staging
             publish(staging, path)
         finally:
@@ -262,10 +295,15 @@ def write_yaml(path: Path, data: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
+def json_line(row: Any) -> str:
+    """One JSONL row as strict JSON (a non-finite number becomes null), non-ASCII kept, ending in a newline."""
+    return json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
-            handle.write(json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n")
+            handle.write(json_line(row))
 
 
 def write_summary_csv(path: Path, summary: dict[str, dict[str, float]]) -> None:

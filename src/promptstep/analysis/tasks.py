@@ -108,10 +108,12 @@ def demo_orders(k: int, count: int, seed: int) -> list[list[int]]:
     if count > math.factorial(k):
         raise InputError(f"permutations {count} is more than the {math.factorial(k)} orders of {k} demonstrations")
     orders = [list(range(k))]
+    seen = {tuple(orders[0])}  # a set: checking a list would take count^2 steps (40,320 orders of 8 demos)
     rng = random.Random(seed)
     while len(orders) < count:
         order = rng.sample(range(k), k)
-        if order not in orders:
+        if tuple(order) not in seen:
+            seen.add(tuple(order))
             orders.append(order)
     return orders
 

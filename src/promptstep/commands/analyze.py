@@ -12,6 +12,7 @@ from promptstep.commands.common import check_run_name
 from promptstep.config import config_dict
 from promptstep.errors import InputError
 from promptstep.formats import Format
+from promptstep.model_specs import check_attention
 from promptstep.rules import RULES
 from promptstep.runs import name_from, run_dir, staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 
@@ -75,6 +76,7 @@ class AnalyzeConfig:
 
     def validate(self) -> None:
         check_run_name(self.name)
+        check_attention(self.attn)
 
         choices = (("task", (self.task,), TASKS), ("rules", self.rules, RULES),
                    ("baselines", self.baselines, BASELINES), ("position", (self.position,), POSITIONS))
@@ -90,6 +92,11 @@ class AnalyzeConfig:
                 raise InputError(f"config key '{key}' must be positive, got {getattr(self, key)}")
         if self.permutations == 1 or self.permutations < 0:
             raise InputError(f"config key 'permutations' must be 0 (off) or at least 2, got {self.permutations}")
+        import math
+
+        if self.n_demos <= 20 and self.permutations > math.factorial(self.n_demos):
+            raise InputError(f"permutations {self.permutations} is more than the {math.factorial(self.n_demos)} "
+                             f"orders of {self.n_demos} demonstrations")
         if self.task == "character" and not self.data:
             raise InputError("task 'character' needs --data (a triplet dataset directory or .jsonl file)")
         if self.task == "character" and self.permutations:
@@ -132,11 +139,18 @@ def run_analyze(config: AnalyzeConfig) -> tuple[Path, dict]:
     """Analyse every model and baseline; publish runs/<name>/ with config, records, metrics and plots."""
     from promptstep.analysis.baselines import untrained_model
     from promptstep.analysis.instruments import analyze_model, csv_rows, summarize_model
+    from promptstep.model_specs import check_model_spec
     from promptstep.models import load_model, max_length
     from promptstep.reporting.analysis import markdown_summary, plot_layers
 
     labels = model_labels(config.models)
     out = run_dir(config.runs_dir, config.name or name_from("analyze", config.task, labels[0]))
+    for spec in config.models:  # every model is checked before the first is analysed
+        check_model_spec(spec, config.attn)
+    if config.task == "character":
+        from promptstep.commands.common import load_split
+
+        load_split(config.data, config.split, config.n_test)
     started = time.time()
     with staged_dir(out, config.overwrite) as staging:
         write_yaml(staging / "config.yaml", config_dict(config))

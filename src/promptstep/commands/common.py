@@ -29,6 +29,16 @@ def check_device(spec: str, several: bool = False) -> None:
         resolve_device(spec, several=several)
 
 
+def check_models(config, *specs: str | None) -> None:
+    """Before a command loads or writes anything: every model it will load (the config's `model` and `specs`)
+    exists and is loadable, and its attention implementation is available (`model_specs.check_model_spec`)."""
+    from promptstep.model_specs import check_model_spec
+
+    for spec in (getattr(config, "model", None), *specs):
+        if spec is not None:
+            check_model_spec(spec, getattr(config, "attn", None))
+
+
 def check_run_name(name: str | None) -> None:
     """Refuse a run name that is not a single safe path component (None: the command derives one)."""
     from promptstep.runs import safe_name
@@ -48,8 +58,10 @@ def load_from_config(config, spec: str | None = None):
 
 def dataset_file(data: str, split: str) -> Path:
     """The JSONL file of `split` in a dataset directory, or `data` itself when it is a file."""
+    from promptstep.runs import safe_name
+
     path = Path(data)
-    return path / f"{split}.jsonl" if path.is_dir() else path
+    return path / f"{safe_name(split, 'split name')}.jsonl" if path.is_dir() else path
 
 
 def load_split(data: str, split: str, limit: int | None) -> list[Triplet]:
@@ -57,13 +69,20 @@ def load_split(data: str, split: str, limit: int | None) -> list[Triplet]:
     return triplets[:limit] if limit else triplets
 
 
-def fitted_split(model, tokenizer, data: str, split: str, limit: int | None, fmt: Format | None = None, truncate=False):
-    from promptstep.formats import Format, fit_lengths  # noqa: F811 - the runtime import of the annotation
+def fitted_split(model, tokenizer, data: str, split: str, limit: int | None, new_tokens: int,
+                 fmt: Format | None = None, truncate: bool | None = None) -> list[Triplet]:
+    """The triplets of a split, each fitted in the model's window with `new_tokens` generated tokens
+    (`formats.fit_lengths`); `truncate` None: the command has no --truncate option."""
+    from promptstep.formats import TRUNCATE_HINT, Format, fit_lengths  # noqa: F811 - the runtime import
     from promptstep.models import max_length
 
     triplets = load_split(data, split, limit)
-    return fit_lengths(triplets, tokenizer, max_length(model, tokenizer), fmt or Format(), truncate,
-                       str(dataset_file(data, split)))
+    hint = TRUNCATE_HINT if truncate is not None else NO_TRUNCATE_HINT
+    return fit_lengths(triplets, tokenizer, max_length(model, tokenizer), fmt or Format(), bool(truncate),
+                       str(dataset_file(data, split)), new_tokens, hint)
+
+
+NO_TRUNCATE_HINT = " (shorten its context, or lower --max-new-tokens)"
 
 
 def write_run_files(staging: Path, config, records: list[dict], summary: dict, csv_rows: dict) -> None:

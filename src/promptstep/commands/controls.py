@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.commands.common import (
+    check_models,
     fitted_split,
     load_from_config,
+    load_split,
     write_run_files,
 )
 from promptstep.commands.eval import EvalConfig
@@ -46,15 +48,20 @@ class ControlsConfig(EvalConfig):
 
 
 def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    out = run_dir(config.runs_dir, config.name or name_from("controls", Path(config.data).stem, config.model))
+    load_split(config.data, config.split, config.limit)  # every input is checked before any work
+    if config.train_n:
+        load_split(config.data, config.train_split, config.train_n)
+    check_models(config if model_and_tokenizer is None else None, config.base)
     from promptstep.evaluate import evaluate, summarize
     from promptstep.experiments.controls import correctness_breakdown, evaluate_irrelevant
     from promptstep.reporting.render import markdown_table
 
-    out = run_dir(config.runs_dir, config.name or name_from("controls", Path(config.data).stem, config.model))
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or load_from_config(config)
         options = config.options()
-        test = fitted_split(model, tokenizer, config.data, config.split, config.limit, options.fmt, config.truncate)
+        test = fitted_split(model, tokenizer, config.data, config.split, config.limit, config.max_new_tokens,
+                            options.fmt, config.truncate)
         start = time.time()
         records = [{**r, "split": config.split} for r in evaluate(model, tokenizer, test, options)]
         irrelevant = evaluate_irrelevant(model, tokenizer, test, options, seed=config.seed)
@@ -63,8 +70,8 @@ def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path
         summary: dict = {"kind": "controls", "model": config.model, "eval": eval_summary,
                          "breakdown": {config.split: correctness_breakdown(records, config.breakdown_metric)}}
         if config.train_n:
-            train = fitted_split(model, tokenizer, config.data, config.train_split, config.train_n, options.fmt,
-                            config.truncate)
+            train = fitted_split(model, tokenizer, config.data, config.train_split, config.train_n,
+                                 config.max_new_tokens, options.fmt, config.truncate)
             train_options = dataclasses.replace(options, settings=("nc", "ft"))
             train_records = [{**r, "split": config.train_split}
                              for r in evaluate(model, tokenizer, train, train_options)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptstep.commands.common import (
@@ -12,6 +12,8 @@ from promptstep.config import config_dict
 from promptstep.data.triplets import Triplet, write_triplets
 from promptstep.errors import InputError
 from promptstep.runs import staged_dir, write_json, write_yaml
+
+REPEATS = {"repeats": True}  # a list option whose repeated values mean something (here: weights)
 
 
 @dataclass
@@ -47,14 +49,14 @@ class DataConfig:
     max_passage_words: int | None = None
     """squad: drop passages longer than this many words (default: keep all)."""
     # character / reversal only (synthetic.SyntheticOptions; the defaults give the original files byte for byte):
-    facts: tuple[int, ...] = (1,)
+    facts: tuple[int, ...] = field(default=(1,), metadata=REPEATS)
     """character, reversal: facts per context, drawn uniformly from the list (1,2,2: two facts twice as often as
     one)."""
     same_family: float = 0.25
     """character, reversal: probability that a distractor fact is of the queried family (another filler)."""
     same_filler: float = 0.25
     """character, reversal: probability that a distractor fact is of another family about the queried filler."""
-    name_styles: tuple[str, ...] = ("invented",)
+    name_styles: tuple[str, ...] = field(default=("invented",), metadata=REPEATS)
     """character, reversal: name styles, one drawn per triplet: invented, common, initials, titled, hyphenated."""
     heldout_families: int = 0
     """character, reversal: K > 0 keeps K families out of train and test; they make test_families.jsonl."""

@@ -65,12 +65,14 @@ class DemoConfig:
 
 def run_demo(config: DemoConfig) -> Path:
 
+    from promptstep.model_specs import check_model_spec
     from promptstep.models import load_model
     from promptstep.reporting.render import plot_settings
     from promptstep.runs import check_run_dir
 
     out = run_dir(config.runs_dir, config.name)
     check_run_dir(out, config.overwrite)
+    check_model_spec(config.model)
     per_example = 1.0 if config.first_order else 2.5
     minutes = (25 + config.prepare_steps * 6 + 2 * config.n_eval * 2.5 + config.n_train * per_example) / 60
     print(f"promptstep demo: {config.model} on {config.task}; prepare {config.prepare_steps} steps, meta-train LC on "

@@ -8,6 +8,7 @@ from pathlib import Path
 from promptstep.config import config_dict
 from promptstep.data.triplets import load_triplets, write_triplets
 from promptstep.errors import InputError
+from promptstep.files import check_regular_file
 from promptstep.runs import (
     safe_name,
     staged_dir,
@@ -45,9 +46,8 @@ def run_distract(config: DistractConfig) -> Path:
     from promptstep.experiments.controls import with_distractors
 
     sources = {split: Path(config.data) / f"{safe_name(split, 'split name')}.jsonl" for split in config.splits}
-    missing = [str(p) for p in sources.values() if not p.is_file()]
-    if missing:
-        raise InputError(f"distract: no such file {missing[0]}")
+    for path in sources.values():  # all of them before anything is written (a directory or pipe is said so)
+        check_regular_file(path)
     out = Path(config.out)
     with staged_dir(out, config.overwrite) as staging:
         counts = {}

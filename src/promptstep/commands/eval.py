@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from promptstep.commands.common import (
     check_device,
+    check_models,
     check_run_name,
     dataset_file,
     load_from_config,
@@ -17,7 +18,8 @@ from promptstep.commands.common import (
 )
 from promptstep.config import config_dict
 from promptstep.errors import InputError
-from promptstep.formats import SETTINGS, Format, fit_lengths
+from promptstep.formats import SETTINGS, Format, fit_lengths, ft_setting_names
+from promptstep.model_specs import check_attention
 from promptstep.rules import check_rule
 from promptstep.runs import name_from, run_dir, staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 
@@ -82,12 +84,14 @@ class EvalConfig:
             raise InputError("config key 'lrs' is empty")
         for lr in self.lrs:
             positive("lrs", lr)
+        ft_setting_names(self.lrs)
         check_rule(self.rule)
         for key in ("steps", "max_new_tokens", "batch_size"):
             positive(key, getattr(self, key))
         if self.limit is not None:
             positive("limit", self.limit)
         check_device(self.device)
+        check_attention(self.attn)
         check_run_name(self.name)
 
     def options(self) -> EvalOptions:
@@ -112,18 +116,20 @@ class EvalConfig:
 
 def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     """Evaluate and publish `runs/<name>/` with config, records, summary, metrics.csv and a plot."""
+    out = run_dir(config.runs_dir, config.name or name_from("eval", Path(config.data).stem, config.model))
+    triplets = load_split(config.data, config.split, config.limit)
+    if model_and_tokenizer is None:
+        check_models(config)
     from promptstep.evaluate import evaluate, summarize, summarize_by_tag
     from promptstep.models import max_length
     from promptstep.reporting.render import markdown_table, plot_settings
 
-    out = run_dir(config.runs_dir, config.name or name_from("eval", Path(config.data).stem, config.model))
-    triplets = load_split(config.data, config.split, config.limit)
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or load_from_config(config)
         options = config.options()
         source = str(dataset_file(config.data, config.split))
         triplets = fit_lengths(triplets, tokenizer, max_length(model, tokenizer), options.fmt, config.truncate,
-                               source)
+                               source, config.max_new_tokens)
         write_yaml(staging / "config.yaml", config_dict(config))
         start = time.time()
         records = evaluate(model, tokenizer, triplets, options)

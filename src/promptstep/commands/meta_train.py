@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.commands.common import (
+    NO_TRUNCATE_HINT,
     check_device,
     check_run_name,
     dataset_file,
@@ -17,6 +18,7 @@ from promptstep.config import config_dict
 from promptstep.errors import InputError, TrainingStopped
 from promptstep.formats import Format, fit_lengths
 from promptstep.meta.options import MetaOptions
+from promptstep.model_specs import check_attention
 from promptstep.runs import run_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 from promptstep.tracking import Tracker, check_report_to
 
@@ -86,10 +88,14 @@ class MetaTrainConfig(MetaOptions):
         if self.batch_size < self.num_processes:
             raise InputError(f"batch_size {self.batch_size} is smaller than num_processes {self.num_processes}")
         check_device(self.device, several=self.num_processes > 1)
+        check_attention(self.attn)
         check_run_name(self.name)
         for key in ("train_limit", "max_steps"):
             if getattr(self, key) is not None:
                 positive(key, getattr(self, key))
+        for key in ("eval_every", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                raise InputError(f"config key '{key}' must be >= 0 (0 = never), got {getattr(self, key)}")
         if self.resume and self.overwrite:
             raise InputError("choose one of --resume and --overwrite")
         check_report_to(self.report_to)
@@ -106,6 +112,7 @@ _SAME_EVAL_KEYS = ("model", "data", "eval_split", "eval_n", "max_new_tokens", "a
 def _reused_before(config: MetaTrainConfig) -> dict:
     """The `before.json` of another meta-train run on the same model and evaluation set (`--before-from RUN`)."""
     from promptstep.config import read_yaml
+    from promptstep.files import read_json
 
     other = Path(config.before_from)
     if not (other / "before.json").is_file() or not (other / "config.yaml").is_file():
@@ -115,7 +122,10 @@ def _reused_before(config: MetaTrainConfig) -> dict:
         if saved.get(key) != getattr(config, key):
             raise InputError(f"--before-from {other}: '{key}' was {saved.get(key)!r} there, "
                              f"{getattr(config, key)!r} here")
-    return json.loads((other / "before.json").read_text())
+    before = read_json(other / "before.json")
+    if not isinstance(before, dict) or not all(isinstance(entry, dict) for entry in before.values()):
+        raise InputError(f"--before-from {other / 'before.json'}: not a summary of settings")
+    return before
 
 
 def resumable(out: Path) -> Path | None:
@@ -153,6 +163,22 @@ def _check_meta_target(config: MetaTrainConfig, out: Path) -> Path | None:
     return None
 
 
+def _check_inputs(config: MetaTrainConfig, out: Path, check_model: bool) -> None:
+    """Every input, before torch is loaded or anything is written: the run target (and what `--resume` would
+    continue), `--before-from`, both splits, and the model spec."""
+    from promptstep.commands.common import check_models
+
+    _check_meta_target(config, out)
+    if config.before_from and not config.resume:
+        _reused_before(config)
+    train = load_split(config.data, config.train_split, config.train_limit)
+    load_split(config.data, config.eval_split, config.eval_n)
+    if len(train) < config.batch_size:
+        raise InputError(f"batch_size {config.batch_size} is larger than the {len(train)} training triplets")
+    if check_model:
+        check_models(config)
+
+
 def _open_work_dir(config: MetaTrainConfig, out: Path, source: Path | None, needed_bytes: int) -> Path:
     """Under the run's lock: the in-progress directory training writes to, fresh or continued from `source`."""
     import shutil
@@ -181,11 +207,14 @@ def run_meta_train(config: MetaTrainConfig, model_and_tokenizer=None) -> tuple[P
     directory for `--resume true`. `num_processes` > 1 spawns that many local processes (unless a launcher such
     as `accelerate launch` already started several); each runs this function, only rank 0 writes.
     """
-    from promptstep import distributed
+    import os
 
     out = run_dir(config.runs_dir, config.name)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet several processes (those are checked by rank 0)
+        _check_inputs(config, out, model_and_tokenizer is None)
+    from promptstep import distributed
+
     if config.num_processes > 1 and not distributed.launched():
-        _check_meta_target(config, out)
         distributed.spawn(run_meta_train, config, config.num_processes, (InputError, TrainingStopped))
         return out, json.loads((out / "summary.json").read_text())
     with distributed.processes(config.device) as procs:
@@ -204,6 +233,7 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
     from promptstep.runs import publish, run_lock
 
     source = procs.on_main(lambda: _check_meta_target(config, out))
+    reused_before = _reused_before(config) if config.before_from and not config.resume else None
     train = load_split(config.data, config.train_split, config.train_limit)
     eval_set = load_split(config.data, config.eval_split, config.eval_n)
     model, tokenizer = model_and_tokenizer or load_model(config.model, attn_implementation=config.attn,
@@ -211,14 +241,12 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
                                                          trust_remote_code=config.trust_remote_code)
     limit = max_length(model, tokenizer)
     for split, triplets in ((config.train_split, train), (config.eval_split, eval_set)):
-        fit_lengths(triplets, tokenizer, limit, Format(), False, str(dataset_file(config.data, split)))
-    if len(train) < config.batch_size:
-        raise InputError(f"batch_size {config.batch_size} is larger than the {len(train)} training triplets")
+        fit_lengths(triplets, tokenizer, limit, Format(), False, str(dataset_file(config.data, split)),
+                    config.max_new_tokens, NO_TRUNCATE_HINT)
     check_precision(config.precision, procs.device)
     if not config.first_order:
         with meta_step_context(model, config.precision):
             check_second_order(model)
-    reused_before = _reused_before(config) if config.before_from and not config.resume else None
     trainer = build_trainer(model, tokenizer, config, processes=procs, seed=config.seed)  # LC: teacher copy now
     if source is not None or config.resume:  # checked (another model's? damaged?) before anything is written
         trainer.restore(procs.broadcast(source) / "checkpoint")
@@ -246,7 +274,7 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
 
 
 def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eval_set, work: Path,
-                       reused_before: dict | None) -> dict:
+                             reused_before: dict | None) -> dict:
     """Train in `work` (resuming from its checkpoint if `--resume`), evaluate, and write every output there."""
     from promptstep.evaluate import heldout_perplexity
     from promptstep.meta.loop import batches_for, eval_summary, run_training
@@ -263,7 +291,9 @@ def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eva
         write_json(work / "heldout_ppl.json", {"before": heldout_perplexity(trainer.eval_model(), trainer.tokenizer,
                                                                             texts, config.ppl_max_tokens)})
     if config.resume:
-        before = json.loads((work / "before.json").read_text())
+        from promptstep.files import read_json
+
+        before = read_json(work / "before.json")
         if procs.is_main:
             print(f"resuming {work} at step {trainer.step_count} of {len(batches)}", flush=True)
     else:
@@ -279,13 +309,18 @@ def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eva
                               eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main,
                               on_step=lambda log: tracker.log(log, log["step"], "train"),
                               on_eval=lambda step, summary: tracker.log(summary, step, "eval"))
-        if result["stopped"]:
+        stopped, after_eval = result["stopped"], None
+        if main and not stopped:
+            try:
+                after_eval = eval_summary(trainer, eval_set, progress=True)
+            except FloatingPointError as err:  # the trained weights no longer give a finite loss
+                stopped = f"the evaluation after training diverged ({err})"
+        if stopped:
             kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
                     if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
-            raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
+            raise TrainingStopped(f"stopped: {stopped}; {kept}")
         if not main:
             return {}
-        after_eval = eval_summary(trainer, eval_set, progress=True)
         after = after_eval["summary"]
         summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
         if texts:

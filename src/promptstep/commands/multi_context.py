@@ -9,14 +9,17 @@ from typing import TYPE_CHECKING
 
 from promptstep.commands.common import (
     check_device,
+    check_models,
     check_run_name,
     fitted_split,
     load_from_config,
+    load_split,
     positive,
     write_run_files,
 )
 from promptstep.errors import InputError
 from promptstep.experiments import MODES
+from promptstep.model_specs import check_attention
 from promptstep.rules import check_rule
 from promptstep.runs import name_from, run_dir, staged_dir
 
@@ -70,6 +73,7 @@ class MultiContextConfig:
     def validate(self) -> None:
 
         check_device(self.device)
+        check_attention(self.attn)
         check_run_name(self.name)
         if not self.data:
             raise InputError("multi-context needs --data (a dataset directory or a .jsonl file)")
@@ -97,13 +101,19 @@ class MultiContextConfig:
 
 
 def run_multi_context(config: MultiContextConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    out = run_dir(config.runs_dir, config.name or name_from("multi", Path(config.data).stem, config.model))
+    available = len(load_split(config.data, config.split, config.limit))
+    if max(config.sizes) > available:
+        raise InputError(f"a group of {max(config.sizes)} contexts needs at least {max(config.sizes)} triplets, "
+                         f"got {available}")
+    if model_and_tokenizer is None:
+        check_models(config)
     from promptstep.experiments.multicontext import evaluate_groups, summarize_groups
     from promptstep.reporting.render import markdown_table
 
-    out = run_dir(config.runs_dir, config.name or name_from("multi", Path(config.data).stem, config.model))
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or load_from_config(config)
-        triplets = fitted_split(model, tokenizer, config.data, config.split, config.limit)
+        triplets = fitted_split(model, tokenizer, config.data, config.split, config.limit, config.max_new_tokens)
         start = time.time()
         records = evaluate_groups(model, tokenizer, triplets, config.sizes, config.modes, config.n_groups,
                                   config.options(), seed=config.seed)

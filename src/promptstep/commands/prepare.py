@@ -8,6 +8,7 @@ from pathlib import Path
 
 from promptstep.commands.common import (
     check_device,
+    check_models,
     check_run_name,
     dataset_file,
     load_from_config,
@@ -16,6 +17,7 @@ from promptstep.commands.common import (
 from promptstep.config import config_dict
 from promptstep.errors import InputError
 from promptstep.formats import Format, fit_lengths
+from promptstep.model_specs import check_attention
 from promptstep.prepare import PrepareOptions, choose_subset, prepare_format
 from promptstep.runs import run_dir, staged_dir, write_json, write_jsonl, write_yaml
 from promptstep.tracking import Tracker, check_report_to
@@ -53,20 +55,23 @@ class PrepareConfig(PrepareOptions):
             raise InputError("prepare needs --data (a dataset directory or a .jsonl file)")
         super().validate()
         check_device(self.device)
+        check_attention(self.attn)
         check_run_name(self.name)
         check_report_to(self.report_to)
 
 
 def run_prepare(config: PrepareConfig, model_and_tokenizer=None) -> Path:
-    from promptstep.models import max_length
-
     out = run_dir(config.runs_dir, config.name)
     triplets = load_split(config.data, config.split, None)
     subset = choose_subset(triplets, config.n_examples, config.seed)
+    if model_and_tokenizer is None:
+        check_models(config)
+    from promptstep.models import max_length
+
     with staged_dir(out, config.overwrite) as staging:
         model, tokenizer = model_and_tokenizer or load_from_config(config)
         fit_lengths(subset, tokenizer, max_length(model, tokenizer), Format(), False,
-                    str(dataset_file(config.data, config.split)))
+                    str(dataset_file(config.data, config.split)), hint=" (shorten its context)")
         write_yaml(staging / "config.yaml", config_dict(config))
         write_json(staging / "subset_ids.json", [t.id for t in subset])
         start = time.time()

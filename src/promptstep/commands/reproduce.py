@@ -31,7 +31,6 @@ complete is reused with `--resume true` (an interrupted meta-train run resumes f
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field, fields
@@ -47,9 +46,17 @@ from promptstep.commands.multi_context import MultiContextConfig, run_multi_cont
 from promptstep.commands.prepare import PrepareConfig, run_prepare
 from promptstep.commands.report import ReportConfig, run_report
 from promptstep.commands.transfer import TransferConfig, run_transfer
-from promptstep.config import build_config, read_yaml
+from promptstep.config import build_config, coerce, read_yaml, shown
 from promptstep.errors import InputError
-from promptstep.runs import check_replaceable, in_progress_dir, is_promptstep_dir, name_from, run_lock, safe_name
+from promptstep.runs import (
+    check_replaceable,
+    in_progress_dir,
+    is_promptstep_dir,
+    json_line,
+    name_from,
+    run_lock,
+    safe_name,
+)
 
 EXPERIMENT_KEYS = {
     "figure2": {"tasks", "objectives", "meta"},
@@ -71,11 +78,61 @@ def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InputError(f"{where}: expected a mapping, got {type(value).__name__}")
+        raise InputError(f"{where}: expected a mapping, got {shown(value)}")
     unknown = set(value) - allowed if allowed is not None else set()
     if unknown:
         raise InputError(f"{where}: unknown key '{sorted(unknown)[0]}' (known: {', '.join(sorted(allowed))})")
     return value
+
+
+def _names(value: Any, where: str) -> list[str]:
+    """A list of names (strings), each once."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InputError(f"{where}: expected a list of names, got {shown(value)}")
+    if len(set(value)) != len(value):
+        raise InputError(f"{where}: lists '{next(v for v in value if value.count(v) > 1)}' twice")
+    return value
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where}: expected a name, got {shown(value)}")
+    return value
+
+
+def _experiment(kind: str, spec: dict, where: str) -> dict:
+    """An experiment's entry with the type of every structural value checked (names, lists, mappings) and its
+    numbers and flags converted; option values inside `meta` and `eval` are checked when configs are built."""
+    spec = dict(spec)
+    for key in ("tasks", "objectives"):
+        if key in spec:
+            spec[key] = _names(spec[key], f"{where}.{key}")
+    for key in ("objective", "source", "target"):
+        if key in spec:
+            spec[key] = _name(spec[key], f"{where}.{key}")
+    for key in ("meta", "eval"):
+        if key in spec:
+            spec[key] = _mapping(spec[key], f"{where}.{key}")
+    if "inner_ks" in spec:
+        ks = coerce(spec["inner_ks"] if isinstance(spec["inner_ks"], list) else [spec["inner_ks"]], tuple[int, ...],
+                     f"{where}.inner_ks")
+        if not ks or any(k < 1 for k in ks) or len(set(ks)) != len(ks):
+            raise InputError(f"{where}.inner_ks: expected distinct positive integers, got {shown(spec['inner_ks'])}")
+        spec["inner_ks"] = list(ks)
+    if "pairs" in spec:
+        pairs = spec["pairs"]
+        if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+            raise InputError(f"{where}.pairs: expected a list of [train task, eval task] pairs, got {shown(pairs)}")
+        spec["pairs"] = [_names(pair, f"{where}.pairs") for pair in pairs]
+    if "modes" in spec and kind == "lora":
+        modes = spec["modes"]
+        if isinstance(modes, dict):
+            spec["modes"] = {_name(m, f"{where}.modes"): _mapping(v, f"{where}.modes.{m}") for m, v in modes.items()}
+        else:
+            spec["modes"] = _names(modes, f"{where}.modes")
+    if "base_model" in spec:
+        spec["base_model"] = coerce(spec["base_model"], bool, f"{where}.base_model")
+    return spec
 
 
 @dataclass
@@ -107,10 +164,12 @@ def load_suite(path: str | Path) -> Suite:
     from promptstep.reporting.paper_tables import METRICS
 
     where = str(path)
-    raw = _mapping(read_yaml(path), where, SUITE_KEYS)
-    metric = raw.get("metric", "tok_acc")
+    raw = _mapping(read_yaml(path, "suite", text=True), where, SUITE_KEYS)
+    metric = raw.get("metric") or "tok_acc"
     if metric not in METRICS:
-        raise InputError(f"{where}: unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+        raise InputError(f"{where}: unknown metric {shown(metric)} (choose from {', '.join(METRICS)})")
+    if not isinstance(raw.get("blocks") or [], list):
+        raise InputError(f"{where}: blocks: expected a list of blocks, got {shown(raw['blocks'])}")
     blocks = []
     for i, entry in enumerate(raw.get("blocks") or []):
         spot = f"{where}: blocks[{i}]"
@@ -118,7 +177,8 @@ def load_suite(path: str | Path) -> Suite:
         for key in ("name", "model", "tasks"):
             if not entry.get(key):
                 raise InputError(f"{spot}: missing '{key}'")
-        safe_name(str(entry["name"]), f"{spot}: block name")
+        safe_name(_name(entry["name"], f"{spot}: block name"), f"{spot}: block name")
+        _name(entry["model"], f"{spot}: model")
         tasks = {safe_name(str(name), f"{spot}: task name"): _mapping(spec, f"{spot}.tasks.{name}")
                  for name, spec in _mapping(entry["tasks"], f"{spot}.tasks").items()}
         for name, spec in tasks.items():
@@ -126,10 +186,12 @@ def load_suite(path: str | Path) -> Suite:
             if len(sources) != 1 or ("data" in spec and len(spec) > 1):
                 raise InputError(f"{spot}.tasks.{name}: give one of 'generate' (with `data` command options), "
                                  "'distract' (another task, with `distract` options) or only 'data'")
+            _name(spec[sources[0]], f"{spot}.tasks.{name}.{sources[0]}")
             if "distract" in spec and spec["distract"] not in entry["tasks"]:
                 raise InputError(f"{spot}.tasks.{name}: distract names an unknown task '{spec['distract']}'")
         experiments = _mapping(entry.get("experiments"), f"{spot}.experiments", set(EXPERIMENT_KEYS))
-        experiments = {k: _mapping(v, f"{spot}.experiments.{k}", EXPERIMENT_KEYS[k]) for k, v in experiments.items()}
+        experiments = {k: _experiment(k, _mapping(v, f"{spot}.experiments.{k}", EXPERIMENT_KEYS[k]),
+                                      f"{spot}.experiments.{k}") for k, v in experiments.items()}
         for kind, spec in experiments.items():
             named = list(spec.get("tasks", [])) + [spec[k] for k in ("source", "target") if k in spec]
             named += [task_and_split(task, f"{spot}.experiments.{kind}")[0]
@@ -146,8 +208,9 @@ def load_suite(path: str | Path) -> Suite:
     names = [b.name for b in blocks]
     if len(set(names)) != len(names):
         raise InputError(f"{where}: two blocks share the name '{next(n for n in names if names.count(n) > 1)}'")
-    name = safe_name(str(raw.get("name") or name_from(Path(path).stem)), f"{where}: suite name")
-    return Suite(name, str(raw.get("runs_dir", "runs")), metric, blocks)
+    name = safe_name(_name(raw.get("name") or name_from(Path(path).stem), f"{where}: suite name"),
+                     f"{where}: suite name")
+    return Suite(name, _name(raw.get("runs_dir") or "runs", f"{where}: runs_dir"), metric, blocks)
 
 
 def lora_modes(spec: dict) -> dict[str, dict]:
@@ -434,7 +497,7 @@ def run_reproduce(config: ReproduceConfig) -> Path:
                 _remove_stale_runs(runner.dir, runner.seen)
         with (root / "timings.jsonl").open("a", encoding="utf-8") as handle:
             for row in log:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json_line(row))
         total = round(time.time() - started, 1)
         # One report per block: tables match runs by task and objective, so two models must not share one.
         for block in suite.blocks:

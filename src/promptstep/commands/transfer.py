@@ -9,14 +9,17 @@ from pathlib import Path
 
 from promptstep.commands.common import (
     check_device,
+    check_models,
     check_run_name,
     fitted_split,
     load_from_config,
+    load_split,
     positive,
     write_run_files,
 )
 from promptstep.errors import InputError
 from promptstep.meta.options import MetaOptions
+from promptstep.model_specs import check_attention
 from promptstep.runs import run_dir, staged_dir
 
 
@@ -82,6 +85,7 @@ class TransferConfig(MetaOptions):
         if self.joint_weight < 0:
             raise InputError(f"config key 'joint_weight' must be >= 0, got {self.joint_weight}")
         check_device(self.device)
+        check_attention(self.attn)
         check_run_name(self.name)
 
     def prepare_options(self):
@@ -106,19 +110,34 @@ def _meta_trained(model, tokenizer, config: TransferConfig, train, make_inject=N
     return trainer.eval_model(), result
 
 
+def _in_domain_target(run: str) -> dict:
+    """The `after` summary of the meta-train run `--target-run` (a model meta-trained on the target task)."""
+    from promptstep.reporting.paper_tables import check_summary, read_summary
+
+    summary = read_summary(Path(run))
+    check_summary("meta-train", summary, Path(run) / "summary.json")
+    return summary["after"]
+
+
 def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
+    out = run_dir(config.runs_dir, config.name)
+    for data in (config.source, config.target):  # every input is checked before any work
+        for split in ("train", "test"):
+            load_split(data, split, None)
+    check_models(config if model_and_tokenizer is None else None, config.source_model)
+    in_domain = _in_domain_target(config.target_run) if config.target_run else None
     from promptstep.evaluate import EvalOptions, evaluate, summarize
     from promptstep.experiments.transfer import joint_objective
     from promptstep.prepare import choose_subset, prepare_format
     from promptstep.reporting.render import markdown_table
 
-    out = run_dir(config.runs_dir, config.name)
     with staged_dir(out, config.overwrite) as staging:
         base, tokenizer = model_and_tokenizer or load_from_config(config)
-        evals = {role: fitted_split(base, tokenizer, data, "test", config.eval_n)
+        new = config.max_new_tokens
+        evals = {role: fitted_split(base, tokenizer, data, "test", config.eval_n, new)
                  for role, data in (("source", config.source), ("target", config.target))}
-        source_train = fitted_split(base, tokenizer, config.source, "train", config.train_limit)
-        subset = choose_subset(fitted_split(base, tokenizer, config.target, "train", None), config.prep_examples,
+        source_train = fitted_split(base, tokenizer, config.source, "train", config.train_limit, new)
+        subset = choose_subset(fitted_split(base, tokenizer, config.target, "train", None, new), config.prep_examples,
                                config.seed)
 
         options = EvalOptions(inner=config.inner(), max_new_tokens=config.max_new_tokens)
@@ -144,10 +163,8 @@ def run_transfer(config: TransferConfig, model_and_tokenizer=None) -> tuple[Path
                 records += [{**r, "model": label, "dataset": role} for r in rows]
         summary = {"kind": "transfer", "source": config.source, "target": config.target, "results": results,
                    "prep_subset_ids": [t.id for t in subset], "wall_s": round(time.time() - start, 1)}
-        if config.target_run:
-            from promptstep.reporting.paper_tables import read_summary
-
-            summary["in_domain_target"] = read_summary(Path(config.target_run))["after"]
+        if in_domain is not None:
+            summary["in_domain_target"] = in_domain
         csv_rows = {f"{label}/{role}/{s}": e for label, by_role in results.items()
                     for role, block in by_role.items() for s, e in block.items()}
         write_run_files(staging, config, records, summary, csv_rows)

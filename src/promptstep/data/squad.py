@@ -6,7 +6,6 @@ and go through one function, `squad_triplets`, so the hub path runs the code the
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from promptstep.data.hub import load_hub_split
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
+from promptstep.files import looks_like_path, read_json
 
 SQUAD_FILES = {"train": "train-v1.1.json", "test": "dev-v1.1.json"}
 HUB_SPLITS = {"train": "train", "test": "validation"}
@@ -32,12 +32,9 @@ def _field(obj: object, key: str, kind: type, where: str):
 def squad_json_rows(path: str | Path) -> Iterator[dict]:
     """Rows in the hub's schema from an official SQuAD v1.1 JSON file, validating its structure."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: no such file (expected the official SQuAD v1.1 JSON)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
+    document = read_json(path)
     for i, article in enumerate(_field(document, "data", list, str(path))):
         title = article.get("title", "") if isinstance(article, dict) else ""
         for j, paragraph in enumerate(_field(article, "paragraphs", list, f"{path}: data[{i}]")):
@@ -75,7 +72,7 @@ def squad_rows(source: str, split: str) -> Iterator[dict]:
     path = Path(source)
     if path.is_dir():
         return squad_json_rows(path / SQUAD_FILES[split])
-    if path.suffix == ".json" or path.exists():
+    if path.suffix == ".json" or path.exists() or looks_like_path(source):
         return squad_json_rows(path)
     return squad_hub_rows(source, split)
 

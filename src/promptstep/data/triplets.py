@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptstep.errors import InputError
+from promptstep.files import parse_json, read_text
+from promptstep.runs import give_default_mode
 
 REQUIRED_FIELDS = ("id", "context", "query", "answer")
 TAG_TYPES = (str, int, float, bool)
@@ -140,24 +142,14 @@ def _parse_record(record: object, where: str) -> Triplet:
 def load_triplets(path: str | os.PathLike) -> list[Triplet]:
     """Read and validate a triplet JSONL file; raise InputError naming file and line on the first problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text (byte {err.start})") from None
+    text = read_text(path)
     triplets: list[Triplet] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{where}: not valid JSON ({err.msg})") from None
+        record = parse_json(line, where)
         triplet = _parse_record(record, where)
         if triplet.id in seen:
             raise InputError(f"{where}: duplicate id '{triplet.id}' (first on line {seen[triplet.id]})")
@@ -174,6 +166,7 @@ def write_triplets(path: str | os.PathLike, triplets: Iterable[Triplet]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        give_default_mode(Path(tmp))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             for triplet in triplets:
                 handle.write(json.dumps(triplet.to_json(), ensure_ascii=False) + "\n")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import bz2
 import re
 from pathlib import Path
+from xml.etree import ElementTree
 
 from promptstep.data.names import is_test_key
 from promptstep.data.prose import tidy_spacing
 from promptstep.errors import InputError
+from promptstep.files import check_regular_file
 
 DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _EMPHASIS = re.compile(r"'{2,}")
@@ -52,10 +54,16 @@ def wiki_offline_paragraphs(split: str, min_words: int = 30, path: Path | None =
 
     want_test = split == "test"
     out: list[tuple[str, str]] = []
-    with bz2.open(path or dump_path()) as handle:
-        for title, markup, _page_id in extract_pages(handle):
-            if markup.lstrip().upper().startswith("#REDIRECT") or is_test_key(title) != want_test:
-                continue
-            slug = "_".join(title.split())
-            out.extend((f"{slug}-{n}", text) for n, text in enumerate(article_paragraphs(markup, min_words)))
+    source = check_regular_file(path) if path is not None else dump_path()
+    try:
+        with bz2.open(source) as handle:
+            for title, markup, _page_id in extract_pages(handle):
+                if markup.lstrip().upper().startswith("#REDIRECT") or is_test_key(title) != want_test:
+                    continue
+                slug = "_".join(title.split())
+                out.extend((f"{slug}-{n}", text) for n, text in enumerate(article_paragraphs(markup, min_words)))
+    except (OSError, EOFError) as err:  # not bzip2, or cut short
+        raise InputError(f"{source}: not a whole bzip2-compressed Wikipedia XML dump ({err})") from None
+    except ElementTree.ParseError as err:
+        raise InputError(f"{source}: not a Wikipedia XML dump ({err})") from None
     return out

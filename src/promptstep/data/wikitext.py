@@ -12,6 +12,7 @@ from pathlib import Path
 from promptstep.data.hub import load_hub_split
 from promptstep.data.prose import tidy_spacing
 from promptstep.errors import InputError
+from promptstep.files import file_kind, looks_like_path, read_text
 
 RAW_FILES = {"train": "wiki.train.raw", "test": "wiki.test.raw", "valid": "wiki.valid.raw"}
 HUB_SPLITS = {"train": "train", "test": "test", "valid": "validation"}
@@ -35,12 +36,9 @@ def wikitext_paragraphs(lines: Iterable[str], prefix: str) -> list[tuple[str, st
 
 def raw_lines(path: Path) -> list[str]:
     """The lines of a local WikiText raw file."""
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: no such file (expected WikiText raw files: {', '.join(RAW_FILES.values())})")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    return read_text(path).splitlines()
 
 
 def hub_lines(name: str, variant: str, split: str) -> list[str]:
@@ -55,6 +53,10 @@ def load_wikitext(source: str, split: str, variant: str = DEFAULT_VARIANT) -> li
     if path.is_dir():
         lines = raw_lines(path / RAW_FILES[split])
         where = str(path / RAW_FILES[split])
+    elif path.exists() or looks_like_path(source):
+        kind = "no such directory" if not path.exists() else f"is {file_kind(path) or 'a file'}, not a directory"
+        raise InputError(f"{source}: {kind} (expected a directory of WikiText raw files: "
+                         f"{', '.join(RAW_FILES.values())}, or a hub dataset id)")
     else:
         lines = hub_lines(source, variant, split)
         where = f"{source} ({variant}, {HUB_SPLITS[split]})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -14,6 +13,7 @@ from promptstep.data.triplets import Triplet
 from promptstep.evaluate import EvalOptions, evaluate, summarize
 from promptstep.meta.objectives import MetaExample
 from promptstep.meta.trainer import MetaTrainer
+from promptstep.runs import json_line
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
@@ -50,11 +50,13 @@ def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]],
                  on_eval: Callable[[int, dict], None] | None = None) -> dict:
     """Run the remaining outer steps, with logs, periodic evaluation and checkpoints; return the last eval.
 
-    `on_step(log)` sees every step's log row, `on_eval(step, summary)` every periodic evaluation (trackers)."""
+    `on_step(log)` sees every step's log row, `on_eval(step, summary)` every periodic evaluation (trackers).
+    `wall_s` (and each log row's `elapsed_s`) counts the training time of every segment of a resumed run: a
+    checkpoint records the time trained up to it, and training resumes from there."""
     start_step = trainer.step_count
     log_file = (out / "train_log.jsonl").open("a", encoding="utf-8") if out else None
     last_eval: dict = {}
-    began = time.time()
+    began = time.time() - trainer.trained_s
     stopped = None
     try:
         bar = tqdm(range(start_step, len(batches)), desc="meta-train", disable=not progress, unit="step",
@@ -64,7 +66,7 @@ def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]],
             log["elapsed_s"] = round(time.time() - began, 2)
             bar.set_postfix(loss=f"{log['loss']:.3f}", gnorm=f"{log['grad_norm']:.2f}")
             if log_file:
-                log_file.write(json.dumps(log) + "\n")
+                log_file.write(json_line(log))
                 log_file.flush()
             if on_step:
                 on_step(log)
@@ -75,26 +77,34 @@ def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]],
                 continue
             done = trainer.step_count == len(batches)
             if eval_set and eval_every and (trainer.step_count % eval_every == 0) and not done:
-                last_eval = eval_summary(trainer, eval_set)
+                try:
+                    last_eval = eval_summary(trainer, eval_set)
+                except FloatingPointError as err:  # the weights no longer give a finite loss: keep the last checkpoint
+                    stopped = f"the evaluation after step {trainer.step_count} diverged ({err})"
+                    break
                 _log_eval(out, trainer.step_count, last_eval["summary"])
                 if on_eval:
                     on_eval(trainer.step_count, last_eval["summary"])
             if checkpoint_every and (trainer.step_count % checkpoint_every == 0 or done):
-                stopped = trainer.processes.broadcast(_save(trainer, out))
+                stopped = trainer.processes.broadcast(_save(trainer, out, time.time() - began))
                 if stopped:
                     break
     finally:
         if log_file:
             log_file.close()
-    return {"stopped": stopped, "steps": trainer.step_count, "wall_s": round(time.time() - began, 1)}
+        trainer.trained_s = time.time() - began
+    return {"stopped": stopped, "steps": trainer.step_count, "wall_s": round(trainer.trained_s, 1)}
 
 
-def _save(trainer: MetaTrainer, out: Path | None) -> str | None:
-    """Write `out/checkpoint` (nothing without `out`); why that failed, or None."""
+def _save(trainer: MetaTrainer, out: Path | None, trained_s: float) -> str | None:
+    """Write `out/checkpoint` (nothing without `out`); why that failed, or None. Weights that are not finite are
+    never saved as the last good checkpoint."""
     if out is None:
         return None
+    if not trainer.state_finite():
+        return f"the weights after step {trainer.step_count} are not finite; they were not checkpointed"
     try:
-        trainer.save(out / "checkpoint")
+        trainer.save(out / "checkpoint", {"trained_s": round(trained_s, 3)})
     except OSError as err:  # e.g. a full disk: the previous checkpoint is still whole
         return f"could not write the step-{trainer.step_count} checkpoint ({err})"
     return None
@@ -104,4 +114,4 @@ def _log_eval(out: Path | None, step: int, summary: dict) -> None:
     if out is None:
         return
     with (out / "eval_log.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"step": step, "settings": summary}) + "\n")
+        handle.write(json_line({"step": step, "settings": summary}))

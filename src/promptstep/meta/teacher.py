@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from promptstep.data.triplets import Triplet
 from promptstep.evaluate import greedy_continuations
 from promptstep.formats import Format, encode_text
-from promptstep.models import cache_dir
+from promptstep.model_specs import cache_dir
 
 STOP_RULE = "newline-after-text"  # part of the teacher-answer cache key: where greedy answers end
 
@@ -31,6 +32,19 @@ def model_fingerprint(model: torch.nn.Module, skip_adapters: bool = False) -> st
     return digest.hexdigest()[:16]
 
 
+def _read_cache(path: Path, ids: list[str]) -> dict[str, list[int]] | None:
+    """A cache entry, or None if there is none or it is damaged (then it is computed again and replaced)."""
+    try:
+        answers = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(answers, dict) or set(answers) != set(ids) or not all(
+            isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+            for v in answers.values()):
+        return None
+    return answers
+
+
 def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format, max_new_tokens: int,
                     batch_size: int = 16, progress: bool = True, fingerprint: str | None = None
                     ) -> dict[str, list[int]]:
@@ -38,8 +52,9 @@ def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format
     key_src = json.dumps([fingerprint or model_fingerprint(teacher), fmt.separator, fmt.answer_prefix, max_new_tokens,
                           STOP_RULE, [(t.id, t.context, t.query) for t in triplets]])
     path = cache_dir() / "teacher" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+    cached = _read_cache(path, [t.id for t in triplets])
+    if cached is not None:
+        return cached
     answers: dict[str, list[int]] = {}
     chunks = range(0, len(triplets), batch_size)
     for start in tqdm(chunks, desc="teacher answers", disable=not progress, unit="batch"):

@@ -56,6 +56,7 @@ class MetaTrainer:
             enable_checkpointing(model)
         self.step_count = 0
         self.bad_steps = 0
+        self.trained_s = 0.0  # wall time of the steps taken so far, over every resumed segment
         self.device = next(model.parameters()).device
         self.processes = processes or Processes(device=self.device)
 
@@ -172,13 +173,45 @@ class MetaTrainer:
         self.step_count += 1
         log = {"step": self.step_count, **sums, "grad_norm": norm}
         if not (math.isfinite(norm) and math.isfinite(sums["loss"])):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.bad_steps += 1
-            log["skipped"] = True
-            return log
-        self.bad_steps = 0
+            return self._skip(log)
+        before = self._snapshot()
         self.optimizer.step()
+        if not self.state_finite():  # e.g. a huge outer_lr: the step itself overflowed; undo it
+            self._restore(before)
+            log["non_finite_weights"] = True
+            return self._skip(log)
+        self.bad_steps = 0
         return log
+
+    def _skip(self, log: dict) -> dict:
+        """Count a bad step (its gradient dropped, the weights as they were) toward `nan_patience`."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        log["skipped"] = True
+        return log
+
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict]:
+        """Copies of the trained weights and Adam's state, which a step that overflows restores bit for bit (the
+        price: one more copy of the weights and of Adam's two moments while the step is taken)."""
+        weights = [p.detach().clone() for p in self.params.values()]
+        state = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()}
+                 for p, entry in self.optimizer.state.items()}
+        return weights, state
+
+    def _restore(self, snapshot: tuple[list[torch.Tensor], dict]) -> None:
+        weights, state = snapshot
+        with torch.no_grad():
+            for param, saved in zip(self.params.values(), weights):
+                param.copy_(saved)
+        self.optimizer.state.clear()
+        self.optimizer.state.update(state)
+
+    def state_finite(self) -> bool:
+        """Whether every trained weight and every number of Adam's state is finite."""
+        tensors = [p.detach() for p in self.params.values()]
+        tensors += [v for entry in self.optimizer.state.values() for v in entry.values()
+                    if torch.is_tensor(v) and v.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
     # -------------------------------------------------------------- state
 
@@ -204,4 +237,5 @@ class MetaTrainer:
             for name, value in weights.items():
                 self.params[name].copy_(value)
         self.step_count = int(progress["step"])
+        self.trained_s = float(progress.get("trained_s", 0.0))
         return progress

@@ -9,7 +9,7 @@ directory (`data/character` -> `character`).
 from __future__ import annotations
 
 import csv
-import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from promptstep.config import read_yaml  # noqa: E402
+from promptstep.config import read_yaml, shown  # noqa: E402
 from promptstep.errors import InputError  # noqa: E402
+from promptstep.files import read_json  # noqa: E402
 from promptstep.reporting import paper  # noqa: E402
 from promptstep.reporting.render import format_cell  # noqa: E402
 
@@ -30,6 +31,7 @@ SKIP_DIRS = {"model", "checkpoint", "outer_adapter", "data", "report"}
 MISSING = "—"
 SETTINGS = ("nc", "prompt", "ft")
 SETTING_NAMES = {"nc": "NC", "prompt": "Prompt", "ft": "FT"}
+CATEGORIES = ("always_incorrect", "always_correct", "correct_without_only", "only_correct_with")  # a controls run
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,14 @@ class Run:
 
 
 def read_summary(path: Path) -> dict:
-    """The summary.json of a run directory."""
+    """The summary.json of a run directory (a JSON object)."""
     file = path / "summary.json"
-    if not file.is_file():
+    if not file.exists():
         raise InputError(f"{path}: not a finished run (no summary.json)")
-    return json.loads(file.read_text(encoding="utf-8"))
+    summary = read_json(file)
+    if not isinstance(summary, dict):
+        raise InputError(f"{file}: damaged (expected a JSON object)")
+    return summary
 
 
 def _kind(config: dict, summary: dict) -> str | None:
@@ -69,27 +74,108 @@ def _kind(config: dict, summary: dict) -> str | None:
     return None
 
 
+# The config values the tables read, with their types (a damaged config.yaml is refused, not half-read).
+CONFIG_TYPES = {"objective": str, "model": str, "data": str, "lora": str, "inner_k": int}
+
+
+def _read_run_config(file: Path) -> dict:
+    config = read_yaml(file)
+    for key, kind in CONFIG_TYPES.items():
+        if key in config and (not isinstance(config[key], kind) or isinstance(config[key], bool)):
+            raise InputError(f"{file}: damaged ('{key}' should be {kind.__name__}, is {shown(config[key])})")
+    return config
+
+
 def _trained_config(spec: str) -> dict | None:
     """The meta-train config of the run that produced model directory `spec`, if it is one."""
     config_file = Path(spec).parent / "config.yaml"
     if Path(spec).name == "model" and config_file.is_file():
-        config = read_yaml(config_file)
+        config = _read_run_config(config_file)
         if "objective" in config:
             return config
     return None
 
 
+def _block(value: object, where: str, required: Sequence[str] = ()) -> dict:
+    """A summary's block of settings: {setting: {metric: number or null}}, with the `required` settings."""
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: expected settings, got {shown(value)}")
+    for setting, entry in value.items():
+        _entry(entry, f"{where}.{setting}")
+    missing = [s for s in required if s not in value]
+    if missing:
+        raise InputError(f"{where}: no '{missing[0]}' setting")
+    return value
+
+
+def _entry(value: object, where: str) -> dict:
+    if not isinstance(value, dict) or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                              for k, v in value.items() if k not in ("kind",)):
+        raise InputError(f"{where}: expected metrics (numbers), got {shown(value)}")
+    return value
+
+
+def check_summary(kind: str, summary: dict, file: Path) -> None:
+    """Refuse a summary.json whose structure is not what a `kind` run writes (so a damaged file is one error
+    line naming it, not a traceback in the middle of a table)."""
+    where = str(file)
+    if kind == "meta-train":
+        for stage in ("before", "after"):
+            _block(summary.get(stage), f"{where}: {stage}")
+    elif kind in ("multi-context", "cross"):
+        settings = _block(summary.get("settings"), f"{where}: settings")
+        odd = [s for s in settings if kind == "multi-context" and not re.fullmatch(r"1|[a-z]+@[1-9][0-9]*", s)]
+        if odd:
+            raise InputError(f"{where}: settings: '{odd[0]}' is not a multi-context setting (1, MODE@N)")
+    elif kind == "controls":
+        _block(summary.get("eval"), f"{where}: eval", ("irrelevant",))
+        breakdown = summary.get("breakdown")
+        if not isinstance(breakdown, dict):
+            raise InputError(f"{where}: breakdown: expected splits, got {shown(breakdown)}")
+        for split, cells in breakdown.items():
+            _entry(cells, f"{where}: breakdown.{split}")
+            if any(not isinstance(cells.get(k), (int, float)) for k in ("n", *CATEGORIES)):
+                raise InputError(f"{where}: breakdown.{split}: expected n and {', '.join(CATEGORIES)}")
+        if "base_nc" in summary:
+            _entry(summary["base_nc"], f"{where}: base_nc")
+    elif kind == "transfer":
+        results = summary.get("results")
+        if not isinstance(results, dict) or not {"base", "meta"} <= set(results):
+            raise InputError(f"{where}: results: expected the base and meta models' results, got {shown(results)}")
+        for label, by_role in results.items():
+            if not isinstance(by_role, dict):
+                raise InputError(f"{where}: results.{label}: expected source and target, got {shown(by_role)}")
+            for role in ("source", "target"):
+                _block(by_role.get(role), f"{where}: results.{label}.{role}")
+        for key in ("source", "target"):
+            if not isinstance(summary.get(key), str):
+                raise InputError(f"{where}: '{key}' should be a dataset path, is {shown(summary.get(key))}")
+        if "in_domain_target" in summary:
+            _block(summary["in_domain_target"], f"{where}: in_domain_target")
+
+
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
     """Every recognised run at or below `paths`, in a stable order."""
     runs: list[Run] = []
+    seen: set[Path] = set()
 
     def visit(directory: Path) -> None:
-        if (directory / "summary.json").is_file() and (directory / "config.yaml").is_file():
-            config, summary = read_yaml(directory / "config.yaml"), read_summary(directory)
+        """Symbolic links below a given directory are not followed (`ln -s . loop` would make the walk endless), and
+        a directory reached twice (a run given twice, or inside another given one) is read once."""
+        if directory.resolve() in seen:
+            return
+        seen.add(directory.resolve())
+        if (directory / "summary.json").exists() and (directory / "config.yaml").exists():
+            config, summary = _read_run_config(directory / "config.yaml"), read_summary(directory)
             kind = _kind(config, summary)
             if kind:
+                check_summary(kind, summary, directory / "summary.json")
                 runs.append(Run(directory, kind, config, summary))
-        for child in sorted(p for p in directory.iterdir() if p.is_dir()):
+        try:
+            children = sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())
+        except OSError as err:
+            raise InputError(f"{directory}: cannot be listed ({err.strerror or err})") from None
+        for child in children:
             if child.name not in SKIP_DIRS and not child.name.startswith("."):
                 visit(child)
 
@@ -145,7 +231,7 @@ class Table:
 
 
 def _cell(entry: dict | None, metric: str) -> str:
-    return format_cell(entry, metric) if entry and metric in entry else MISSING
+    return format_cell(entry, metric) if entry and entry.get(metric) is not None else MISSING
 
 
 def _paper_table(name: str, first: str, rows: dict, columns: Sequence[str], number: int) -> Table:
@@ -222,8 +308,8 @@ def plot_figure2(runs: Sequence[Run], metric: str, path: Path) -> bool:
     for ax, (task, models) in zip(axes[0], groups.items()):
         for i, setting in enumerate(SETTINGS):
             xs = [j + (i - 1) * width for j in range(len(models))]
-            ys = [100 * m.get(setting, {}).get(metric, 0) for m in models.values()]
-            es = [100 * m.get(setting, {}).get(f"{metric}_se", 0) for m in models.values()]
+            ys = [100 * (m.get(setting, {}).get(metric) or 0) for m in models.values()]
+            es = [100 * (m.get(setting, {}).get(f"{metric}_se") or 0) for m in models.values()]
             ax.bar(xs, ys, width, yerr=es, capsize=3, label=SETTING_NAMES[setting])
         ax.set_xticks(range(len(models)), list(models))
         ax.set_ylim(0, 100)
@@ -249,10 +335,10 @@ def table1(runs: Sequence[Run], metric: str) -> Table:
             continue
         base = next(r.summary["before"] for r in (full, outer) if r) if (full or outer) else {}
         table.rows.append([task, _cell(base.get("prompt"), metric), _cell(base.get("ft"), metric),
-                           _cell(full and full.summary["after"]["ft"], metric),
-                           _cell(outer and outer.summary["after"]["ft"], metric),
-                           _cell(inner and inner.summary["before"]["ft"], metric),
-                           _cell(inner and inner.summary["after"]["ft"], metric)])
+                           _cell(full and full.summary["after"].get("ft"), metric),
+                           _cell(outer and outer.summary["after"].get("ft"), metric),
+                           _cell(inner and inner.summary["before"].get("ft"), metric),
+                           _cell(inner and inner.summary["after"].get("ft"), metric)])
     return table
 
 
@@ -310,8 +396,7 @@ def table4(runs: Sequence[Run]) -> Table:
     for run in (r for r in runs if r.kind == "controls"):
         for split, cells in run.summary["breakdown"].items():
             table.rows.append([run.task, model_label(str(run.config["model"])), split, str(cells["n"]),
-                               *(f"{100 * cells[k]:.1f}" for k in ("always_incorrect", "always_correct",
-                                                                     "correct_without_only", "only_correct_with"))])
+                               *(f"{100 * cells[k]:.1f}" for k in CATEGORIES)])
     return table
 
 

@@ -17,7 +17,8 @@ OPTIONAL_COLUMNS = (("agree_prompt", "agrees w/ Prompt %"), ("distractor", "dist
 def format_cell(entry: dict[str, float], metric: str) -> str:
     """'mean ± SE' of one metric of a summary entry, in % except for NLL."""
     scale = 1.0 if metric == "nll" else 100.0
-    return f"{entry[metric] * scale:.1f} ± {entry[metric + '_se'] * scale:.1f}"
+    se = entry.get(metric + "_se")
+    return f"{entry[metric] * scale:.1f} ± {'—' if se is None else f'{se * scale:.1f}'}"
 
 
 def markdown_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
