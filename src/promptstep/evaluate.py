@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -142,8 +143,10 @@ def _record(triplet: Triplet, setting: str, generation: str, acc: float, nll: fl
 def _answer_with_current_weights(model, tokenizer, triplets, setting, options) -> list[dict]:
     encoded = [encode_pair(tokenizer, options.fmt.prefix(t, setting), t.answer, options.fmt.answer_prefix)
                for t in triplets]
-    scores = score_answers(model, encoded, tokenizer.pad_token_id)
-    generations = generate_answers(model, tokenizer, [e.prefix_ids for e in encoded], options.max_new_tokens)
+    with record_function("scoring"):
+        scores = score_answers(model, encoded, tokenizer.pad_token_id)
+    with record_function("generation"):
+        generations = generate_answers(model, tokenizer, [e.prefix_ids for e in encoded], options.max_new_tokens)
     return [
         _record(t, setting, g, acc, nll, len(e.answer_ids))
         for t, e, g, (acc, nll) in zip(triplets, encoded, generations, scores)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call
+from torch.profiler import record_function
 
 from promptstep.errors import InputError
 
@@ -139,14 +140,15 @@ def inner_step(
 def swapped_parameters(model: torch.nn.Module, values: ParamDict) -> Iterator[None]:
     """Temporarily copy `values` into the model's parameters; restore the originals bit-exactly on exit."""
     named = dict(model.named_parameters())
-    saved = {name: named[name].detach().clone() for name in values}
+    with record_function("weight swap in"):
+        saved = {name: named[name].detach().clone() for name in values}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("weight swap in"):
             for name, value in values.items():
                 named[name].copy_(value)
         yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("weight restore"):
             for name, value in saved.items():
                 named[name].copy_(value)
 
@@ -195,6 +197,8 @@ class InnerStep:
     def applied(self, model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> Iterator[None]:
         """Within the block the model answers with the weights after this step on `batches`; on exit they are
         restored bit-exactly (take a step, answer, restore)."""
-        with swapped_parameters(model, self.adapted(model, batches)):
+        with record_function("FT step"):
+            adapted = self.adapted(model, batches)
+        with swapped_parameters(model, adapted):
             yield
 

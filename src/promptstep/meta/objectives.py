@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.profiler import record_function
 
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Format, encode_pair, encode_text, lm_batch, to_device
@@ -106,7 +107,9 @@ class Conditioning(Objective):
         return [build_example(trainer.tokenizer, t, trainer.fmt, answers[t.id]) for t in triplets if answers[t.id]]
 
     def loss(self, trainer, student_logp, example):
-        return forward_kl(trainer.teacher_logprobs(example.teacher_ids, example.n_answer), student_logp)
+        teacher_logp = trainer.teacher_logprobs(example.teacher_ids, example.n_answer)
+        with record_function("KL / target loss"):
+            return forward_kl(teacher_logp, student_logp)
 
 
 class GoldLabels(Objective):
@@ -118,7 +121,8 @@ class GoldLabels(Objective):
         return [build_example(trainer.tokenizer, t, trainer.fmt) for t in triplets]
 
     def loss(self, trainer, student_logp, example):
-        return gold_nll(student_logp, example.answer_ids)
+        with record_function("KL / target loss"):
+            return gold_nll(student_logp, example.answer_ids)
 
 
 OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (Conditioning(), GoldLabels())}

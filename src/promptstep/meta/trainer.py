@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 from promptstep.checkpoints import load_checkpoint, save_checkpoint
 from promptstep.data.triplets import Triplet
@@ -76,10 +77,14 @@ class MetaTrainer:
     @torch.no_grad()
     def teacher_logprobs(self, ids: Sequence[int], n_answer: int) -> torch.Tensor:
         """The teacher's log-probabilities at the positions predicting the last `n_answer` tokens of `ids`."""
-        with self.teacher_scope():
+        with record_function("teacher forward"), self.teacher_scope():
             return answer_logprobs(self.teacher, None, ids, n_answer)
 
     # -------------------------------------------------------------- losses
+
+    def _student_logprobs(self, adapted, ids, n_answer) -> torch.Tensor:
+        with record_function("outer forward"):
+            return answer_logprobs(self.model, adapted, ids, n_answer)
 
     def _target_loss(self, student_logp: torch.Tensor, example: MetaExample) -> torch.Tensor:
         return self.objective.loss(self, student_logp, example)
@@ -114,16 +119,18 @@ class MetaTrainer:
         start = self.inner_start()  # before the scope: PEFT's disable_adapter() also stops the adapter's grads
         with self.inner_scope():
             adapted = self.inner(self.model, start, context, differentiable=True, first_order=opts.first_order)
-            target = sum(self._target_loss(answer_logprobs(self.model, adapted, e.student_ids, e.n_answer), e)
+            target = sum(self._target_loss(self._student_logprobs(adapted, e.student_ids, e.n_answer), e)
                          for e in group)
         parts = {"target": target.item()}
         total = target
         if opts.lm_weight > 0:
             if opts.lm_source == "context":
-                reg = self.model(**context, use_cache=False).loss * len(group)
+                with record_function("regulariser forward"):
+                    reg = self.model(**context, use_cache=False).loss * len(group)
             else:
-                reg = sum(self._target_loss(answer_logprobs(self.model, None, e.teacher_ids, e.n_answer), e)
-                          for e in group)
+                with record_function("regulariser forward"):
+                    logps = [answer_logprobs(self.model, None, e.teacher_ids, e.n_answer) for e in group]
+                reg = sum(self._target_loss(logp, e) for logp, e in zip(logps, group))
             parts["lm"] = reg.item()
             total = total + opts.lm_weight * reg
         return total, parts
@@ -147,7 +154,8 @@ class MetaTrainer:
             loss, parts = self.group_loss(batch[start : start + k])
             if inject is not None:
                 loss = inject(loss)
-            (loss / total).backward(inputs=list(self.params.values()))
+            with record_function("backward through the step"):
+                (loss / total).backward(inputs=list(self.params.values()))
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value / total
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / total
@@ -168,7 +176,8 @@ class MetaTrainer:
         except FloatingPointError:  # the inner loss itself was not finite
             sums = {"loss": float("nan")}
         sums = self.processes.reduce(params, sums)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.options.clip).item()
+        with record_function("gradient clipping"):
+            norm = torch.nn.utils.clip_grad_norm_(params, self.options.clip).item()
         self.step_count += 1
         log = {"step": self.step_count, **sums, "grad_norm": norm}
         if not (math.isfinite(norm) and math.isfinite(sums["loss"])):
@@ -177,7 +186,8 @@ class MetaTrainer:
             log["skipped"] = True
             return log
         self.bad_steps = 0
-        self.optimizer.step()
+        with record_function("Adam"):
+            self.optimizer.step()
         return log
 
     # -------------------------------------------------------------- state
