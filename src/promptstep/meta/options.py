@@ -11,6 +11,8 @@ LM_SOURCES = ("prompt", "context")
 
 LORA_MODES = ("none", "inner", "outer")
 
+TEACHER_TARGETS = ("cached", "live")
+
 
 @dataclass
 class MetaOptions:
@@ -37,6 +39,9 @@ class MetaOptions:
     lora_targets: str = "all-linear"  # PEFT target_modules: 'all-linear' or comma-separated module names
     precision: str = "fp32"
     grad_checkpointing: bool = False
+    teacher_targets: str = "cached"  # LC: cached = the teacher's answer distributions computed once before training
+    # and read from disk (no teacher forward per step, no teacher copy in memory while training; about
+    # 4 bytes x vocab per answer token on disk); live = the frozen teacher runs at every step
 
     def inner(self):
         """The inner step being meta-trained for (also the FT step of this run's evaluations)."""
@@ -51,6 +56,9 @@ class MetaOptions:
             raise InputError(f"unknown inner_rule '{self.inner_rule}' (choose from {', '.join(RULES)})")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
+        if self.teacher_targets not in TEACHER_TARGETS:
+            raise InputError(f"unknown teacher_targets '{self.teacher_targets}' (choose from "
+                             f"{', '.join(TEACHER_TARGETS)})")
         if self.lora not in LORA_MODES:
             raise InputError(f"unknown lora '{self.lora}' (choose from {', '.join(LORA_MODES)})")
         for key in ("lora_rank", "lora_alpha"):

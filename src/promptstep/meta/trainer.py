@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
 from torch.profiler import record_function
+from tqdm.auto import tqdm
 
 from promptstep.checkpoints import load_checkpoint, save_checkpoint
 from promptstep.data.triplets import Triplet
@@ -19,9 +20,17 @@ from promptstep.errors import InputError
 from promptstep.formats import Format
 from promptstep.meta.objectives import OBJECTIVES, MetaExample, answer_logprobs, context_lm_batch
 from promptstep.meta.options import MetaOptions
-from promptstep.meta.teacher import model_fingerprint, teacher_answers
+from promptstep.meta.teacher import TeacherTargets, model_fingerprint, teacher_answers
 from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_context
+from promptstep.runs import require_free_space
 from promptstep.updates import select_parameters
+
+
+def fused_adam(params: dict[str, torch.Tensor]) -> bool | None:
+    """Whether Adam runs as torch's fused kernel: one pass over each parameter and its moments, no temporaries
+    (about 10x faster than the per-tensor loop on CPU; the same update up to rounding, about 1e-7 relative per
+    step). Used wherever the parameters' device has the kernel (CPU, CUDA), else None (torch's default)."""
+    return True if all(p.device.type in ("cpu", "cuda") for p in params.values()) else None
 
 
 class MetaTrainer:
@@ -31,8 +40,10 @@ class MetaTrainer:
     with the batch size. The teacher θ_B (an objective that needs one: LC; the prompt-format regulariser) is a
     frozen copy of the model as it was when training started (kept in bf16 under bf16 precision), or a given
     module; with `teacher_scope` the given module is shared and the scope makes it compute θ_B (LoRA: the
-    model itself with its adapter disabled, no copy). With several `processes`, each takes its share of every
-    batch.
+    model itself with its adapter disabled, no copy). With `teacher_targets="cached"` (the default),
+    `prepare_targets` computes the teacher's answer distributions of the examples once, stores them on disk
+    (`TeacherTargets`) and releases the frozen copy: meta-steps then read the targets and run no teacher forward.
+    With several `processes`, each takes its share of every batch.
     """
 
     def __init__(self, model, tokenizer, options: MetaOptions, fmt: Format | None = None,
@@ -44,9 +55,11 @@ class MetaTrainer:
         self.params = select_parameters(model)
         self.inner = options.inner()
         self.inner_names = list(self.inner.parameters(model))
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=options.outer_lr)
+        self.optimizer = torch.optim.Adam(self.params.values(), lr=options.outer_lr, fused=fused_adam(self.params))
         self.objective = OBJECTIVES[options.objective]
         self.teacher, self.teacher_scope = None, nullcontext
+        self.targets: TeacherTargets | None = None  # set by prepare_targets (teacher_targets="cached")
+        self._fingerprint: str | None = None
         if self.objective.needs_teacher:
             if teacher is None:
                 teacher = copy.deepcopy(model).to(compute_dtype(options.precision))
@@ -66,17 +79,71 @@ class MetaTrainer:
         """Tokenised examples whose targets the objective sets (LC: the teacher's greedy answers; LG: gold)."""
         return self.objective.examples(self, triplets, progress)
 
+    def teacher_fingerprint(self) -> str:
+        """The hash of the teacher's weights (the base weights alone for an adapter-disabled teacher), computed once:
+        the key of the cached teacher answers and targets."""
+        if self._fingerprint is None:
+            if self.teacher is None:
+                raise RuntimeError("the trainer has no teacher (objective without one, or released)")
+            with self.teacher_scope():
+                self._fingerprint = model_fingerprint(self.teacher,
+                                                      skip_adapters=self.teacher_scope is not nullcontext)
+        return self._fingerprint
+
     def teacher_answers(self, triplets: Sequence[Triplet], progress: bool = True) -> dict[str, list[int]]:
         """The teacher's greedy answers to context + query, under the training precision (what the KL targets
         see), cached on disk."""
+        fingerprint = self.teacher_fingerprint()
         with self.teacher_scope(), meta_step_context(self.teacher, self.options.precision):
-            fingerprint = model_fingerprint(self.teacher, skip_adapters=self.teacher_scope is not nullcontext)
             return teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
                                    progress=progress, fingerprint=fingerprint)
 
-    @torch.no_grad()
+    def prepare_targets(self, examples: Iterable[MetaExample], progress: bool = True) -> None:
+        """With `teacher_targets="cached"`: make sure the teacher's answer log-probabilities of every example are
+        on disk (computing the missing ones, one unpadded sequence at a time, exactly as the live teacher would),
+        then release the frozen teacher copy. A no-op for objectives without a teacher, for `"live"` targets, and
+        once the teacher is released (examples not prepared by then cannot be trained on)."""
+        if self.teacher is None or self.options.teacher_targets != "cached":
+            return
+        if self.targets is None:
+            self.targets = TeacherTargets(self.teacher_fingerprint(), self.options.precision)
+        wanted = dict.fromkeys((tuple(e.teacher_ids), e.n_answer) for e in examples)
+        missing = [key for key in wanted if not self.targets.path(*key).is_file()]
+        with meta_step_context(self.teacher, self.options.precision):
+            for index, (ids, n_answer) in enumerate(tqdm(missing, desc="teacher targets", unit="ex",
+                                                         disable=not progress or not missing)):
+                logprobs = self._live_teacher_logprobs(ids, n_answer)
+                if index == 0:  # every row is vocab-sized: refuse early if the rest cannot fit on the disk
+                    per_token = logprobs[0].numel() * logprobs.element_size()
+                    needed = sum(n for _, n in missing) * per_token
+                    try:
+                        require_free_space(self.targets.dir, needed + (64 << 20))
+                    except InputError as err:
+                        raise InputError(f"{err} (the teacher's answer distributions; teacher_targets: live "
+                                         "computes them at every step instead)") from None
+                self.targets.put(ids, n_answer, logprobs)
+        self.release_teacher()
+
+    def release_teacher(self) -> None:
+        """Drop the frozen teacher copy (kept when the teacher is the model itself, as in LoRA runs)."""
+        if self.teacher_scope is nullcontext:
+            self.teacher = None
+
     def teacher_logprobs(self, ids: Sequence[int], n_answer: int) -> torch.Tensor:
-        """The teacher's log-probabilities at the positions predicting the last `n_answer` tokens of `ids`."""
+        """The teacher's log-probabilities at the positions predicting the last `n_answer` tokens of `ids`: read
+        from the prepared targets when they hold them, else computed by the live teacher."""
+        if self.targets is not None:
+            with record_function("teacher targets (read)"):
+                stored = self.targets.get(ids, n_answer)
+            if stored is not None:
+                return stored.to(self.device)
+        if self.teacher is None:
+            raise RuntimeError("no prepared teacher targets for this example and the teacher copy was released: "
+                               "call prepare_targets with every example before training")
+        return self._live_teacher_logprobs(ids, n_answer)
+
+    @torch.no_grad()
+    def _live_teacher_logprobs(self, ids: Sequence[int], n_answer: int) -> torch.Tensor:
         with record_function("teacher forward"), self.teacher_scope():
             return answer_logprobs(self.teacher, None, ids, n_answer)
 
@@ -161,6 +228,12 @@ class MetaTrainer:
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / total
         return sums
 
+    def my_share(self, batch: Sequence[MetaExample]) -> list[MetaExample]:
+        """This process's examples of `batch`: processes share whole groups of `inner_k` examples."""
+        k = self.options.inner_k
+        mine = self.processes.share([batch[i : i + k] for i in range(0, len(batch), k)])
+        return [e for group in mine for e in group]
+
     def outer_step(self, batch: Sequence[MetaExample], inject: Callable[[torch.Tensor], torch.Tensor] | None = None
                    ) -> dict[str, float]:
         """One clipped Adam step on the mean outer loss of `batch`; a non-finite loss or gradient skips it.
@@ -170,9 +243,7 @@ class MetaTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         params = list(self.params.values())
         try:
-            k = self.options.inner_k  # processes share whole groups of inner_k examples
-            mine = self.processes.share([batch[i : i + k] for i in range(0, len(batch), k)])
-            sums = self.accumulate([e for group in mine for e in group], inject, total=len(batch))
+            sums = self.accumulate(self.my_share(batch), inject, total=len(batch))
         except FloatingPointError:  # the inner loss itself was not finite
             sums = {"loss": float("nan")}
         sums = self.processes.reduce(params, sums)
@@ -210,6 +281,8 @@ class MetaTrainer:
                                      f"{tuple(self.params[name].shape)} (different model?)")
 
         weights, progress = load_checkpoint(path, self.optimizer, check)
+        for group in self.optimizer.param_groups:  # a checkpoint's param_groups carry the implementation it ran
+            group["fused"], group["foreach"] = fused_adam(self.params), None
         with torch.no_grad():
             for name, value in weights.items():
                 self.params[name].copy_(value)
