@@ -89,6 +89,7 @@ def run(args) -> dict:
         totals = sum(r["reference" + suffix] for r in rows) / sum(r["library" + suffix] for r in rows)
         summary[f"speedup_{clock}"] = {**loadwatch.spread(per_item, 3), "of_totals": round(totals, 3)}
     return {"model": args.model, "n": len(rows), "lr": args.lr, "max_new_tokens": args.max_new_tokens,
+            "malloc": args.malloc,
             "identical_records": not differences, "differences": differences[:20], "summary": summary,
             "load": load, "items": rows, "versions": versions(torch),
             "em": {name: sum(r["em"] for r in records[name]) / max(1, len(rows)) for name in paths}}
@@ -123,6 +124,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--out", required=True, help="JSON results (markdown printed)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="glibc malloc: keep freed memory for reuse, as the promptstep CLI does, or the default")
     parser.add_argument("--probe-s", type=float, default=3.0)
     parser.add_argument("--max-load", type=float, default=loadwatch.MAX_LOAD1)
     parser.add_argument("--max-others-cores", type=float, default=loadwatch.MAX_OTHERS_CORES)
@@ -130,6 +133,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.n < 1 or args.warmup < 0 or args.threads < 1 or args.max_new_tokens < 1:
         parser.error("need --n >= 1, --warmup >= 0, --threads >= 1, --max-new-tokens >= 1")
+    if args.malloc == "keep":
+        from promptstep.malloc import keep_freed_memory
+
+        keep_freed_memory()  # what the promptstep CLI does before every command
     watch = loadwatch.LoadWatch()
     before = watch.probe(args.probe_s)
     reasons = loadwatch.busy_reasons(before, [], args.max_load, args.max_others_cores)

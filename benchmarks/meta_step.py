@@ -3,6 +3,10 @@
     python benchmarks/meta_step.py --models tiny --batches 1,4,16 --out benchmarks/results.json
     python benchmarks/meta_step.py --models smollm2-135m --batches 1,4,16 --naive-max-batch 4 --out ...
 
+Memory allocator: with --malloc keep (default) every measuring process first calls
+promptstep.malloc.keep_freed_memory(), as the promptstep CLI does (glibc keeps freed blocks for reuse instead of
+faulting fresh pages in for every large tensor); --malloc default leaves glibc's defaults.
+
 LC teacher: with --teacher cached (default, what meta-train does) the teacher's answer distributions are prepared
 before the steps and the frozen copy is released; --teacher live runs the teacher at every step (as before).
 
@@ -281,7 +285,8 @@ def _cells(args) -> tuple[list[dict], list[dict]]:
                 modes.append(mode)
             if not modes:
                 continue
-            common = {"model": model, "batch": batch, "threads": args.threads, "teacher": args.teacher}
+            common = {"model": model, "batch": batch, "threads": args.threads, "teacher": args.teacher,
+                      "malloc": args.malloc}
             timing.append({"kind": "time", **common, "modes": modes, "repeats": args.repeats, "warmup": args.warmup})
             memory += [{"kind": "memory", **common, "mode": mode} for mode in modes if mode in memory_modes]
     return timing, memory
@@ -337,6 +342,9 @@ def main() -> int:
     parser.add_argument("--teacher", choices=("cached", "live"), default="cached",
                         help="LC teacher targets: cached (prepared before the steps, teacher copy released, as "
                              "meta-train does) or live (the frozen teacher runs at every step)")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="glibc malloc in the measuring processes: keep freed memory for reuse, as the promptstep "
+                             "CLI does (promptstep.malloc), or glibc's default")
     parser.add_argument("--memory-modes", default="all",
                         help="modes that also get fresh-process memory cells: all, none, or a comma list")
     parser.add_argument("--out", default="benchmarks/results.json")
@@ -350,6 +358,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
+        if spec.get("malloc", "keep") == "keep":
+            from promptstep.malloc import keep_freed_memory
+
+            keep_freed_memory()  # what the promptstep CLI does before every command
         if spec["kind"] == "time":
             row = child_time(spec["model"], spec["batch"], spec["modes"], spec["repeats"], spec["warmup"],
                              spec["threads"], spec.get("teacher", "cached"))
@@ -381,6 +393,7 @@ def main() -> int:
                      "machine": loadwatch.machine(),
                      "code": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain"))},
                      "settings": {"objective": "lc", "inner_lr": INNER_LR, "teacher": args.teacher,
+                                  "malloc": args.malloc,
                                   "repeats": args.repeats,
                                   "warmup": args.warmup, "threads": args.threads, "modes": args.modes.split(","),
                                   "side_batches": args.side_batches, "naive_max_batch": args.naive_max_batch,

@@ -211,7 +211,8 @@ def markdown(report: dict) -> str:
     v, m = report["versions"], report["machine"]
     lines = [f"# Profile: {report['model']}, LC meta-step (batch {report['batch']}, teacher targets "
              f"{report.get('teacher', 'live')}) and one FT example", "",
-             f"{m['cpu_model']}, {v['threads']} threads, torch {v['torch']}, transformers {v['transformers']}; "
+             f"{m['cpu_model']}, {v['threads']} threads, torch {v['torch']}, transformers {v['transformers']}, "
+             f"malloc {report.get('malloc', 'default')}; "
              f"load before: load average {report['load_before']['loadavg']}, other processes "
              f"{report['load_before']['others_cores']} cores" + (" — **BUSY**: " + "; ".join(report["busy_reasons"])
                                                                    if report["busy"] else " (quiet)"), ""]
@@ -256,12 +257,18 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="FT example: greedy answer length cap")
     parser.add_argument("--teacher", choices=("cached", "live"), default="cached",
                         help="LC teacher targets: cached (prepared before, teacher copy released) or live")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="glibc malloc: keep freed memory for reuse, as the promptstep CLI does, or the default")
     parser.add_argument("--probe-s", type=float, default=2.0)
     parser.add_argument("--out", required=True, help="markdown report; the JSON goes to the same path with .json")
     parser.add_argument("--json", help="JSON path (default: --out with the suffix .json)")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1 or args.warmup < 0:
         parser.error("need --batch >= 1, --threads >= 1, --warmup >= 0")
+    if args.malloc == "keep":
+        from promptstep.malloc import keep_freed_memory
+
+        keep_freed_memory()  # what the promptstep CLI does before every command
     watch = loadwatch.LoadWatch()
     before = watch.probe(args.probe_s)
     torch, lib, model, tokenizer, examples = meta_step._setup(args.model, args.batch, args.threads)
@@ -284,6 +291,7 @@ def main() -> int:
                                               if s["load"]["window_s"] >= meta_step.MIN_WINDOW_S],
                                      loadwatch.MAX_LOAD1, loadwatch.MAX_OTHERS_CORES)
     report = {"schema": SCHEMA, "model": args.model, "batch": args.batch, "teacher": args.teacher,
+              "malloc": args.malloc,
               "teacher_resident": trainer.teacher is not None, "machine": loadwatch.machine(),
               "versions": meta_step.versions(torch), "load_before": before, "busy": bool(reasons),
               "busy_reasons": reasons, "context_tokens": [len(e.context_ids) for e in examples],

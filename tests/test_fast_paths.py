@@ -258,3 +258,14 @@ def test_applied_step_leaves_the_model_untouched_and_reaches_tied_weights(tokeni
     assert model.lm_head.weight is model.model.embed_tokens.weight
     adapted = inner_step(model, select_parameters(model), batch, lr=1.0, differentiable=False)
     assert not torch.equal(adapted["model.embed_tokens.weight"], model.model.embed_tokens.weight)
+
+
+def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off(monkeypatch):
+    import platform
+
+    from promptstep.malloc import keep_freed_memory
+
+    monkeypatch.setenv("PROMPTSTEP_MALLOC", "default")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("PROMPTSTEP_MALLOC")
+    assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
