@@ -283,7 +283,8 @@ def main() -> int:
     sections = [
         {"title": f"LC meta-step: MetaTrainer.outer_step, batch {args.batch}",
          **measure("meta_step", lambda: trainer.outer_step(examples), args.warmup, args.top)},
-        {"title": "FT evaluation of one triplet: evaluate_finetuned (step, generation, scoring, restore)",
+        {"title": "FT evaluation of one triplet: evaluate_finetuned (step, then scoring and generation with the "
+                  "stepped weights)",
          **measure("ft_example", lambda: evaluate_finetuned(model, tokenizer, test[:1], eval_options,
                                                             progress=False), args.warmup, args.top)},
     ]
