@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 import loadwatch  # noqa: E402
+import meta_step  # noqa: E402
 from meta_step import MIN_WINDOW_S, versions  # noqa: E402
 
 SCHEMA = "promptstep-benchmark/ft_eval/1"
@@ -110,8 +111,7 @@ def markdown(result: dict) -> str:
                      f"[{sp['min']:.2f}-{sp['max']:.2f}], of the totals {sp['of_totals']:.2f}x")
     lines.append("\nRecords identical (tok_acc, NLL to 1e-5 relative): "
                  + ("yes" if result["identical_records"] else "NO: " + "; ".join(result["differences"][:5])))
-    verdict = "BUSY: " + "; ".join(result["busy_reasons"]) if result["busy"] else "quiet machine"
-    return "\n".join(lines) + f"\n\n{verdict}\n"
+    return "\n".join(lines) + f"\n\n{meta_step.verdict(result)}\n"
 
 
 def main() -> int:
@@ -124,8 +124,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--out", required=True, help="JSON results (markdown printed)")
-    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                        help="glibc malloc: keep freed memory for reuse, as the promptstep CLI does, or the default")
+    meta_step.add_malloc_argument(parser)
     parser.add_argument("--probe-s", type=float, default=3.0)
     parser.add_argument("--max-load", type=float, default=loadwatch.MAX_LOAD1)
     parser.add_argument("--max-others-cores", type=float, default=loadwatch.MAX_OTHERS_CORES)
@@ -133,10 +132,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.n < 1 or args.warmup < 0 or args.threads < 1 or args.max_new_tokens < 1:
         parser.error("need --n >= 1, --warmup >= 0, --threads >= 1, --max-new-tokens >= 1")
-    if args.malloc == "keep":
-        from promptstep.malloc import keep_freed_memory
-
-        keep_freed_memory()  # what the promptstep CLI does before every command
+    meta_step.apply_malloc(args.malloc)
     watch = loadwatch.LoadWatch()
     before = watch.probe(args.probe_s)
     reasons = loadwatch.busy_reasons(before, [], args.max_load, args.max_others_cores)
@@ -151,11 +147,7 @@ def main() -> int:
                                                     args.max_load, args.max_others_cores)
     result = {"schema": SCHEMA, "busy": bool(result["busy_reasons"]), "allow_busy": args.allow_busy,
               "machine": loadwatch.machine(), "load_before": before, "load_after": after, **result}
-    out = Path(args.out)
-    if result["busy"] and not args.allow_busy:
-        out = out.with_name(out.stem + ".busy.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = meta_step.write_results(result, args.out, args.allow_busy)
     print(markdown(result))
     print(f"wrote {out}")
     if not result["identical_records"]:

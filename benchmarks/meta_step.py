@@ -86,6 +86,37 @@ DEFINITIONS = {
 }
 
 
+def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """The --malloc option every benchmark script takes."""
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="glibc malloc in the measuring processes: keep freed memory for reuse, as the promptstep "
+                             "CLI does (promptstep.malloc), or glibc's default")
+
+
+def apply_malloc(choice: str) -> None:
+    """Set up the allocator as --malloc asks: 'keep' does what the promptstep CLI does before every command."""
+    if choice == "keep":
+        from promptstep.malloc import keep_freed_memory
+
+        keep_freed_memory()
+
+
+def write_results(results: dict, out: str, allow_busy: bool) -> Path:
+    """Write `results` as JSON to `out` or, if the machine was busy and busy figures were not asked for, beside it
+    as <stem>.busy.json; the path written."""
+    path = Path(out)
+    if results["busy"] and not allow_busy:
+        path = path.with_name(path.stem + ".busy.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def verdict(results: dict) -> str:
+    """The last line of a report: whether the machine was quiet."""
+    return "BUSY: " + "; ".join(results["busy_reasons"]) if results["busy"] else "quiet machine"
+
+
 def library() -> SimpleNamespace:
     """The public entry points of promptstep the benchmarks call."""
     from promptstep.data.synthetic import generate
@@ -324,8 +355,7 @@ def _markdown(results: dict) -> str:
             if cpu:
                 line += f"; CPU time {cpu['median']:.2f}x [{cpu['min']:.2f}-{cpu['max']:.2f}]"
             lines.append(line)
-    verdict = "BUSY: " + "; ".join(results["busy_reasons"]) if results["busy"] else "quiet machine"
-    return "\n".join(lines) + f"\n\n{verdict}\n"
+    return "\n".join(lines) + f"\n\n{verdict(results)}\n"
 
 
 def main() -> int:
@@ -342,9 +372,7 @@ def main() -> int:
     parser.add_argument("--teacher", choices=("cached", "live"), default="cached",
                         help="LC teacher targets: cached (prepared before the steps, teacher copy released, as "
                              "meta-train does) or live (the frozen teacher runs at every step)")
-    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                        help="glibc malloc in the measuring processes: keep freed memory for reuse, as the promptstep "
-                             "CLI does (promptstep.malloc), or glibc's default")
+    add_malloc_argument(parser)
     parser.add_argument("--memory-modes", default="all",
                         help="modes that also get fresh-process memory cells: all, none, or a comma list")
     parser.add_argument("--out", default="benchmarks/results.json")
@@ -358,10 +386,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        if spec.get("malloc", "keep") == "keep":
-            from promptstep.malloc import keep_freed_memory
-
-            keep_freed_memory()  # what the promptstep CLI does before every command
+        apply_malloc(spec.get("malloc", "keep"))
         if spec["kind"] == "time":
             row = child_time(spec["model"], spec["batch"], spec["modes"], spec["repeats"], spec["warmup"],
                              spec["threads"], spec.get("teacher", "cached"))
@@ -417,11 +442,7 @@ def main() -> int:
                                                      args.max_others_cores)
     results["busy"] = bool(results["busy_reasons"])
     errors = [r for r in results["timing"] + results["memory"] if "error" in r]
-    out = Path(args.out)
-    if results["busy"] and not args.allow_busy:
-        out = out.with_name(out.stem + ".busy.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    out = write_results(results, args.out, args.allow_busy)
     print(_markdown(results))
     print(f"wrote {out}")
     if errors:

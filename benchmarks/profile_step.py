@@ -257,18 +257,14 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="FT example: greedy answer length cap")
     parser.add_argument("--teacher", choices=("cached", "live"), default="cached",
                         help="LC teacher targets: cached (prepared before, teacher copy released) or live")
-    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                        help="glibc malloc: keep freed memory for reuse, as the promptstep CLI does, or the default")
+    meta_step.add_malloc_argument(parser)
     parser.add_argument("--probe-s", type=float, default=2.0)
     parser.add_argument("--out", required=True, help="markdown report; the JSON goes to the same path with .json")
     parser.add_argument("--json", help="JSON path (default: --out with the suffix .json)")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1 or args.warmup < 0:
         parser.error("need --batch >= 1, --threads >= 1, --warmup >= 0")
-    if args.malloc == "keep":
-        from promptstep.malloc import keep_freed_memory
-
-        keep_freed_memory()  # what the promptstep CLI does before every command
+    meta_step.apply_malloc(args.malloc)
     watch = loadwatch.LoadWatch()
     before = watch.probe(args.probe_s)
     torch, lib, model, tokenizer, examples = meta_step._setup(args.model, args.batch, args.threads)
