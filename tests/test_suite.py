@@ -156,3 +156,34 @@ def test_suite_evaluations_take_the_inner_step_the_models_were_trained_for(tmp_p
     for config in (controls, multi, cross):
         assert (config.steps, config.param_filter, config.rule) == (2, "h\\.1\\.", "lcgd")
     assert controls.lrs == (0.25,) and cross.lrs == (0.1,) and multi.lr == 0.1
+
+
+def test_cross_evaluates_base_and_meta_trained_models_on_held_out_families_with_tag_breakdown(saved_gpt2_256,
+                                                                                               tmp_path):
+    """A multi-fact task with held-out families: `cross` evaluates the base model and the LG / LC models on
+    `mix:test_families`; the report shows them with agreement and distractor rates, grouped by number of facts."""
+    suite = {"name": "spec", "blocks": [{
+        "name": "b", "model": saved_gpt2_256,
+        "tasks": {"mix": {"generate": "character", "n_train": 12, "n_test": 6, "facts": [1, 2],
+                          "heldout_families": 4}},
+        "meta": META,
+        "experiments": {"cross": {"pairs": [["mix", "mix:test_families"]], "objectives": ["lg", "lc"],
+                                  "base_model": True}}}]}
+    assert main(["reproduce", "--suite", _write(tmp_path, suite)]) == 0
+    block = tmp_path / "runs" / "spec" / "b"
+    for label in ("base", "lg", "lc"):
+        config = yaml.safe_load((block / f"cross-{label}-mix-on-mix-test_families" / "config.yaml").read_text())
+        assert config["split"] == "test_families"
+    summary = json.loads((block / "cross-lg-mix-on-mix-test_families" / "summary.json").read_text())
+    assert "agree_prompt" in summary["settings"]["ft"] and set(summary["by_tag"]["n_facts"]) <= {"1", "2"}
+    report = (tmp_path / "runs" / "spec" / "report" / "b" / "report.md").read_text()
+    assert "| mix:test_families | Base (" in report and "n_facts=" in report
+
+
+def test_cross_pairs_name_existing_tasks_and_safe_splits(tmp_path, capsys):
+    bad = _suite("tiny", experiments={"cross": {"pairs": [["character", "character:../x"]]}})
+    assert main(["reproduce", "--suite", _write(tmp_path, bad)]) == 2
+    assert "split name '../x' is a path" in capsys.readouterr().err
+    unknown = _suite("tiny", experiments={"cross": {"pairs": [["character", "nosuch:test_families"]]}})
+    assert main(["reproduce", "--suite", _write(tmp_path, unknown, "u.yaml")]) == 2
+    assert "unknown task 'nosuch'" in capsys.readouterr().err

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import shutil
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from promptstep.config import build_config
+from promptstep.config import build_config, field_docs, option_docs
 from promptstep.errors import InputError, TrainingStopped
 from promptstep.malloc import keep_freed_memory
 
@@ -55,6 +58,11 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+DESCRIPTION = ("Meta-train a causal LM so that one gradient step on a text changes it the way putting the text in "
+               "its prompt does, and measure it (No Context / Prompt / one-step FT). Options: --KEY VALUE, or a YAML "
+               "preset with --config FILE.")
+
+
 def _parse_overrides(tokens: list[str]) -> dict[str, str]:
     overrides: dict[str, str] = {}
     i = 0
@@ -90,20 +98,47 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message}")
 
 
+def _wrap(text: str, indent: int) -> str:
+    """`text` wrapped to the terminal (as argparse wraps its own help), every line indented by `indent`."""
+    width = max(60, min(shutil.get_terminal_size().columns, 120) - 2)
+    return textwrap.fill(text, width, initial_indent=" " * indent, subsequent_indent=" " * indent)
+
+
+def options_help(config_class: type) -> str:
+    """The `--help` section listing every option of a command's config: name, type, default, then its meaning
+    (the field's attribute docstring, see `promptstep.config.field_docs`)."""
+    lines = ["command options (--key value or --key=value; dashes or underscores; they override --config):"]
+    for name, kind, default, meaning in option_docs(config_class):
+        lines.append(f"  --{name} {kind}  (default: {default})")
+        lines.append(_wrap(meaning or "(undocumented)", 6))
+    return "\n".join(lines)
+
+
 def _parser(selected: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only the `selected` command's module is imported (for its options)."""
-    parser = _Parser(prog="promptstep", description=__doc__)
+    """The parser; only the `selected` command's module is imported (for its options and their documentation)."""
+    parser = _Parser(prog="promptstep", description=DESCRIPTION, epilog="`promptstep COMMAND --help` lists the options "
+                     "of a command with their types, defaults and meanings.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
         if name != selected:
-            sub.add_parser(name, help=command.help)
+            sub.add_parser(name, help=command.help, description=command.help)
             continue
-        keys = ", ".join(f.name.replace("_", "-") for f in fields(command.config))
-        p = sub.add_parser(name, help=command.help, description=f"{command.help}. Options: {keys}.")
+        config = command.config
+        docs = field_docs(config)
+        positional = ""
         if command.positional:
-            p.add_argument(command.positional, nargs="*" if command.many else "?")
-        p.add_argument("--config", help="YAML preset; --key value options override it")
-        p.add_argument("--threads", help="CPU threads for torch (default: all cores; split among --num-processes)")
+            label = command.positional.upper()
+            positional = f" [{label} ...]" if command.many else f" [{label}]"
+        p = sub.add_parser(name, help=command.help, description=inspect.cleandoc(config.__doc__ or command.help),
+                           usage=f"%(prog)s{positional} [-h] [--config FILE] [--threads N] [--KEY VALUE ...]",
+                           epilog=options_help(config), formatter_class=argparse.RawDescriptionHelpFormatter)
+        if command.positional:
+            p.add_argument(command.positional, nargs="*" if command.many else "?", metavar=command.positional.upper(),
+                           help=f"{docs[command.positional]} Also --{command.positional}.")
+        p.add_argument("--config", metavar="FILE", help="YAML preset: a mapping of the options below; --KEY VALUE "
+                       "options override it (default: none)")
+        p.add_argument("--threads", metavar="N", help="CPU threads for torch (default: all cores; split among "
+                       "--num-processes)")
     return parser
 
 
@@ -137,6 +172,9 @@ def _selected(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # `promptstep` alone: the list of commands, not an error
+        _parser().print_help()
+        return 0
     try:
         args, rest = _parser(_selected(argv)).parse_known_args(argv)
     except _UsageError as err:

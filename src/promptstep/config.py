@@ -1,9 +1,18 @@
-"""Typed dataclass configs filled from a YAML preset and `--key value` overrides, validated on the way in."""
+"""Typed dataclass configs filled from a YAML preset and `--key value` overrides, validated on the way in.
+
+Every config field is documented by an attribute docstring: a string literal on the line after the field, as
+Sphinx, jsonargparse and tyro read them. `field_docs` reads them from the class source (no import of anything
+heavy) and the CLI's `--help` shows them with each option's type and default.
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import json
 import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -117,3 +126,85 @@ def config_dict(config: Any) -> dict[str, Any]:
         return value
 
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+# ---------------------------------------------------------------- documentation for --help
+
+
+@functools.cache
+def _module_classes(path: str) -> dict[str, ast.ClassDef]:
+    """The class definitions of a source file by qualified name (`Outer.Inner` for nested classes)."""
+    found: dict[str, ast.ClassDef] = {}
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                found[prefix + node.name] = node
+                visit(node.body, f"{prefix}{node.name}.")
+
+    visit(ast.parse(Path(path).read_text(encoding="utf-8")).body, "")
+    return found
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings written in `cls`'s own body, whitespace collapsed to single spaces."""
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    node = _module_classes(path).get(cls.__qualname__) if path and path.endswith(".py") else None
+    if node is None:
+        return {}
+    docs: dict[str, str] = {}
+    for statement, following in zip(node.body, node.body[1:]):
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[statement.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """What each field of dataclass `cls` means: its attribute docstring, from the class that declares the field
+    or, for a field redeclared without one, from the nearest base class that documents it."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+def type_label(tp: Any) -> str:
+    """How an option's value is written on the command line: INT, FLOAT, TEXT, true|false, or FLOAT,... for a
+    comma-separated list; an optional value (`X | None`) is labelled as X (its default says 'none')."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return type_label(next(a for a in typing.get_args(tp) if a is not type(None)))
+    if origin is tuple:
+        return f"{type_label(typing.get_args(tp)[0])},..."
+    return {bool: "true|false", int: "INT", float: "FLOAT", str: "TEXT"}.get(tp, _describe(tp).upper())
+
+
+def default_label(field: dataclasses.Field) -> str:
+    """A field's default as a user would type it: none, true/false, a comma-separated list; a string that is empty or
+    has blanks or control characters is quoted (`" "`)."""
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return "required"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value) or '""'
+    if isinstance(value, str) and (not value or not value.isprintable() or " " in value):
+        return json.dumps(value)
+    return str(value)
+
+
+def option_docs(cls: type) -> list[tuple[str, str, str, str]]:
+    """(option name, type label, default label, meaning) for every field of config dataclass `cls`, in order."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    return [(f.name.replace("_", "-"), type_label(hints[f.name]), default_label(f), docs[f.name])
+            for f in dataclasses.fields(cls)]

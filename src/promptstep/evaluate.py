@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -11,11 +12,16 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from promptstep.data.triplets import Triplet
+from promptstep.errors import InputError
 from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
-from promptstep.metrics import exact_match, f1_score, first_line, mean_se, starts_with_answer
+from promptstep.metrics import exact_match, f1_score, first_line, mean_se, normalize_answer, starts_with_answer
 from promptstep.updates import InnerStep, forward_takes, keeps_logits
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
+# Metrics only some records carry, summarised over the records that have them (their count is `n_<metric>`):
+# `distractor` (multi-fact items: the prediction is another fact's answer), `agree_prompt` (FT items evaluated with
+# Prompt too: FT's prediction equals Prompt's), and the irrelevant-context leak (experiments.controls).
+OPTIONAL_METRICS = ("distractor", "agree_prompt", "leak_em", "leak_starts", "leak_tok_acc")
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,7 @@ def generate_answers(model, tokenizer, prefixes: Sequence[list[int]], max_new_to
 
 def _record(triplet: Triplet, setting: str, generation: str, acc: float, nll: float, n_tok: int) -> dict:
     prediction = first_line(generation)
-    return {
+    record = {
         "id": triplet.id,
         "setting": setting,
         "answer": triplet.answer,
@@ -243,6 +249,11 @@ def _record(triplet: Triplet, setting: str, generation: str, acc: float, nll: fl
         "nll": nll,
         "n_answer_tokens": n_tok,
     }
+    if triplet.distractors:  # a multi-fact item: did it answer with one of the other facts' names?
+        record["distractor"] = exact_match(prediction, triplet.distractors)
+    if triplet.tags:
+        record["tags"] = dict(triplet.tags)
+    return record
 
 
 def _answer_with_current_weights(model, tokenizer, triplets, setting, options) -> list[dict]:
@@ -313,11 +324,23 @@ def evaluate(model, tokenizer, triplets: Sequence[Triplet], options: EvalOptions
             records += evaluate_finetuned(model, tokenizer, triplets, options, progress)
         else:
             records += evaluate_prompted(model, tokenizer, triplets, setting, options, progress)
+    mark_agreement(records)
     return records
 
 
+def mark_agreement(records: Sequence[dict], reference: str = "prompt", prefix: str = "ft") -> None:
+    """Give every record whose setting starts with `prefix` an `agree_prompt` field: 1.0 when its normalised
+    prediction equals that of the `reference` record of the same item ("simulates prompting" means FT says what
+    Prompt says, right or wrong), where such a record exists."""
+    said = {r["id"]: normalize_answer(r["prediction"]) for r in records if r["setting"] == reference}
+    for record in records:
+        if record["setting"].startswith(prefix) and record["setting"] != reference and record["id"] in said:
+            record["agree_prompt"] = float(normalize_answer(record["prediction"]) == said[record["id"]])
+
+
 def summarize(records: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """Per setting: count, and mean and standard error of every metric."""
+    """Per setting: count, and mean and standard error of every metric (and of each optional metric over the
+    records that carry it, with their count `n_<metric>` where that is not every record)."""
     summary: dict[str, dict[str, float]] = {}
     for setting in dict.fromkeys(r["setting"] for r in records):
         rows = [r for r in records if r["setting"] == setting]
@@ -326,5 +349,48 @@ def summarize(records: Sequence[dict]) -> dict[str, dict[str, float]]:
             mean, se = mean_se(r[metric] for r in rows)
             entry[metric] = mean
             entry[f"{metric}_se"] = se
+        for metric in OPTIONAL_METRICS:
+            values = [r[metric] for r in rows if metric in r]
+            if values:
+                entry[metric], entry[f"{metric}_se"] = mean_se(values)
+                if len(values) != len(rows):
+                    entry[f"n_{metric}"] = len(values)
         summary[setting] = entry
     return summary
+
+
+GROUP_TAGS = ("n_facts", "family_split", "name_style")
+
+
+def summarize_by_tag(records: Sequence[dict], tags: Sequence[str] = GROUP_TAGS) -> dict[str, dict]:
+    """For each tag that records carry (number of facts, seen / held-out family, name style): a summary per value,
+    e.g. {"n_facts": {"1": {...per setting...}, "2": {...}}}; records without the tag are left out."""
+    grouped: dict[str, dict] = {}
+    for tag in tags:
+        values = sorted({str(r["tags"][tag]) for r in records if tag in r.get("tags", {})})
+        if values:
+            grouped[tag] = {value: summarize([r for r in records if str(r.get("tags", {}).get(tag)) == value])
+                            for value in values}
+    return grouped
+
+
+@torch.no_grad()
+def heldout_perplexity(model, tokenizer, texts: Sequence[str], max_tokens: int = 128) -> dict[str, float]:
+    """Perplexity of plain text (no step, no prompt): exp of the mean next-token NLL over every predicted token of
+    each text's first `max_tokens` tokens — how well the model still models language."""
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for text in texts:
+        ids = encode_text(tokenizer, text)[:max_tokens]
+        if len(ids) < 2:
+            continue
+        batch = to_device(lm_batch([ids], tokenizer.pad_token_id), device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        nll = torch.nn.functional.cross_entropy(logits[0, :-1].float(), batch["input_ids"][0, 1:], reduction="sum")
+        total_nll += nll.item()
+        total_tokens += len(ids) - 1
+    if not total_tokens:
+        raise InputError("held-out perplexity: no text has two tokens")
+    mean = total_nll / total_tokens
+    return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tokens, "texts": len(texts)}
+

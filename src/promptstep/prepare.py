@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,11 +23,17 @@ class PrepareOptions:
     """Subset size, optimisation and the weight of the NC-format loss relative to the Prompt format."""
 
     n_examples: int = 240
+    """Size of the saved random subset of the split used for preparation (ids in subset_ids.json)."""
     steps: int = 30
+    """AdamW steps."""
     batch_size: int = 8
+    """Triplets per step, drawn from the subset."""
     lr: float = 3e-5
+    """AdamW learning rate."""
     nc_weight: float = 0.5
+    """Weight of the NC-format loss (query → answer) beside the Prompt-format loss (context + query → answer)."""
     seed: int = 0
+    """Seed of the subset and of the batches."""
 
     def validate(self) -> None:
         for key in ("n_examples", "steps", "batch_size", "lr"):
@@ -65,8 +71,9 @@ def answer_nll(model, tokenizer, triplets: Sequence[Triplet], setting: str, fmt:
 
 
 def prepare_format(model, tokenizer, subset: Sequence[Triplet], options: PrepareOptions, fmt: Format | None = None,
-                   progress: bool = True) -> list[dict]:
-    """Fine-tune `model` in place with AdamW on Prompt-format (+ nc_weight x NC-format) answer NLL; return logs."""
+                   progress: bool = True, on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Fine-tune `model` in place with AdamW on Prompt-format (+ nc_weight x NC-format) answer NLL; return logs
+    (`on_step` sees each step's log row as it is made: trackers)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -88,4 +95,6 @@ def prepare_format(model, tokenizer, subset: Sequence[Triplet], options: Prepare
         optimizer.step()
         logs.append({"step": step, "prompt_nll": prompt_loss.item(), "nc_nll": nc_loss.item(),
                      "elapsed_s": round(time.time() - began, 2)})
+        if on_step:
+            on_step(logs[-1])
     return logs

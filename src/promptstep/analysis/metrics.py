@@ -1,4 +1,5 @@
-"""ICL-vs-GD metrics on recorded states and next-token distributions (papers.md §2–§4).
+"""ICL-vs-GD metrics on recorded states and next-token distributions (Dai et al. 2023, arXiv 2212.10559;
+Deutch et al. 2024, arXiv 2311.07772; Shen et al. 2024, arXiv 2310.08540).
 
 State metrics take per-layer tensors of one example and return one value per layer: attention outputs are
 (layers, hidden), attention maps (layers, heads, keys). A cosine with a zero vector counts as 0.

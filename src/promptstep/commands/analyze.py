@@ -25,33 +25,47 @@ if TYPE_CHECKING:
 
 @dataclass
 class AnalyzeConfig:
-    """`promptstep analyze`: ICL vs GD instruments (Dai; Deutch et al.; Shen et al.) on MR or Character Description.
-
-    models: trained models to analyse (the tokenizer of the first is used for all); data: the Character
-    Description dataset (MR reads gensim's copy of Pang & Lee); baselines: untrained copies
-    of the first model run through the same pipeline; rules: FT update rules (sgd = vanilla GD, lcgd =
-    Layer-Causal GD); train_params: "kv", "all" or a regex; position: "last" prompt token or Dai's "label"
-    token; permutations: P demonstration orders for order sensitivity (0 = off; MR only).
-    """
+    """`promptstep analyze`: ICL vs GD instruments (Dai et al. 2023, arXiv 2212.10559; Deutch et al. 2024, arXiv
+    2311.07772; Shen et al. 2024, arXiv 2310.08540) on MR or Character Description: ZS, ICL and FT states of
+    each model and of untrained baselines, per-layer similarity and distribution metrics."""
 
     models: tuple[str, ...] = ("smollm2-135m",)
+    """Models to analyse, each a model spec (the tokenizer of the first is used for all)."""
     task: str = "mr"
+    """Task: mr (the Pang & Lee sentences in gensim's test data) or character (a triplet dataset: needs data)."""
     data: str = ""
+    """character: dataset directory or .jsonl file."""
     split: str = "test"
+    """character: split to read when data is a directory."""
     n_test: int = 32
+    """Test inputs scored (character: the first N of the split)."""
     n_demos: int = 8
+    """mr: demonstrations in the ICL prompt (FT trains on the same ones)."""
     rules: tuple[str, ...] = ("sgd", "lcgd")
+    """FT update rules to compare: sgd (vanilla GD) and/or lcgd (Layer-Causal GD)."""
     lr: float = 3e-3
+    """Learning rate of FT (one SGD step per demonstration; 3e-3 is Deutch et al.'s MR rate)."""
     train_params: str = "kv"
+    """Parameters FT updates: kv (key/value projections), all, or a regex on parameter names."""
     baselines: tuple[str, ...] = BASELINES
+    """Untrained copies of the first model run through the same pipeline: random-init and/or trained-embeddings (empty:
+    none)."""
     position: str = "last"
+    """Recorded position: last (the last prompt token) or label (Dai et al.'s label token)."""
     top_k: int = 10
+    """K of the top-K token overlap between distributions."""
     permutations: int = 0
+    """mr: demonstration orders P for order sensitivity (0 = off, else at least 2)."""
     seed: int = 0
+    """Seed of the demonstration / test split, the orders and the baselines' initialisation."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     name: str | None = None
+    """Run name, a directory under runs_dir (default: derived from the command, data and model)."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
 
     def inner(self, rule: str):
         """The FT update of `rule` (vanilla GD or LCGD): one SGD step per demonstration on `train_params`."""

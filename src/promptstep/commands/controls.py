@@ -23,10 +23,15 @@ class ControlsConfig(EvalConfig):
     `train_n` train triplets, and the 2x2 correctness breakdown on both (paper Tables 4 and 5)."""
 
     train_split: str = "train"
+    """Split of the training triplets for the train-split breakdown."""
     train_n: int = 100
+    """Training triplets scored (NC and FT) for the train-split breakdown (0 = none)."""
     base: str | None = None
+    """Base model whose NC accuracy is added to the summary (default: none)."""
     breakdown_metric: str = "em"
+    """Metric that decides correct or not in the 2x2 breakdown: em, starts or tok_acc."""
     seed: int = 0
+    """Seed of the choice of each query's irrelevant context."""
 
     def validate(self) -> None:
         super().validate()
@@ -42,7 +47,7 @@ class ControlsConfig(EvalConfig):
 
 def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     from promptstep.evaluate import evaluate, summarize
-    from promptstep.experiments.controls import correctness_breakdown, evaluate_irrelevant, summarize_irrelevant
+    from promptstep.experiments.controls import correctness_breakdown, evaluate_irrelevant
     from promptstep.reporting.render import markdown_table
 
     out = run_dir(config.runs_dir, config.name or name_from("controls", Path(config.data).stem, config.model))
@@ -53,7 +58,7 @@ def run_controls(config: ControlsConfig, model_and_tokenizer=None) -> tuple[Path
         start = time.time()
         records = [{**r, "split": config.split} for r in evaluate(model, tokenizer, test, options)]
         irrelevant = evaluate_irrelevant(model, tokenizer, test, options, seed=config.seed)
-        eval_summary = {**summarize(records), "irrelevant": summarize_irrelevant(irrelevant)}
+        eval_summary = {**summarize(records), **summarize(irrelevant)}  # + irrelevant (FT), irrelevant_prompt
         records += [{**r, "split": config.split} for r in irrelevant]
         summary: dict = {"kind": "controls", "model": config.model, "eval": eval_summary,
                          "breakdown": {config.split: correctness_breakdown(records, config.breakdown_metric)}}

@@ -19,26 +19,49 @@ class DataConfig:
     """`promptstep data TASK --out DIR`: build a triplet dataset (train.jsonl, test.jsonl, meta.json, config.yaml)."""
 
     task: str = "character"
+    """Dataset to build: character, reversal (generated), squad, wikitext (from source or the hub) or wiki-offline (the
+    Wikipedia sample in gensim's test data)."""
     out: str = ""
+    """Directory to write. Required."""
     n_train: int | None = None
+    """Training triplets (default: 5000 for generated tasks, every usable record for real text)."""
     n_test: int | None = None
+    """Test triplets (default: 500 for generated tasks, every usable record for real text)."""
     seed: int = 0
+    """Seed of the generator and of sampling real text down to n_train / n_test."""
     source: str | None = None
+    """squad, wikitext, wiki-offline: a directory or file holding the official files, or a hub id (default: the hub's
+    dataset; wiki-offline: gensim's copy)."""
     variant: str = "wikitext-103-raw-v1"
+    """wikitext from the hub: wikitext-103-raw-v1 or wikitext-2-raw-v1."""
     query_words: int = 1
+    """wikitext, wiki-offline: words in the query, right after the context."""
     answer_words: int = 5
+    """wikitext, wiki-offline: words in the answer, right after the query."""
     min_context_words: int = 20
+    """wikitext, wiki-offline: shortest context in words (its length is drawn uniformly between min and max)."""
     max_context_words: int = 150
+    """wikitext, wiki-offline: longest context in words."""
     min_paragraph_words: int = 30
+    """wiki-offline: shortest paragraph kept, in words."""
     max_passage_words: int | None = None
+    """squad: drop passages longer than this many words (default: keep all)."""
     # character / reversal only (synthetic.SyntheticOptions; the defaults give the original files byte for byte):
-    facts: tuple[int, ...] = (1,)  # facts per context, drawn uniformly from the list (1,2,2: 2 twice as often)
-    same_family: float = 0.25  # P(a distractor fact is of the queried family, another filler)
-    same_filler: float = 0.25  # P(a distractor fact is of another family, the queried filler)
-    name_styles: tuple[str, ...] = ("invented",)  # invented, common, initials, titled, hyphenated; one per triplet
-    heldout_families: int = 0  # K > 0: K families only in test_families.jsonl, never in train/test
-    templates: str = "canonical"  # canonical | varied fact phrasings
+    facts: tuple[int, ...] = (1,)
+    """character, reversal: facts per context, drawn uniformly from the list (1,2,2: two facts twice as often as
+    one)."""
+    same_family: float = 0.25
+    """character, reversal: probability that a distractor fact is of the queried family (another filler)."""
+    same_filler: float = 0.25
+    """character, reversal: probability that a distractor fact is of another family about the queried filler."""
+    name_styles: tuple[str, ...] = ("invented",)
+    """character, reversal: name styles, one drawn per triplet: invented, common, initials, titled, hyphenated."""
+    heldout_families: int = 0
+    """character, reversal: K > 0 keeps K families out of train and test; they make test_families.jsonl."""
+    templates: str = "canonical"
+    """character, reversal: fact phrasings: canonical, or varied (8 phrasings per order)."""
     overwrite: bool = False
+    """Replace an existing output directory (only once the new one is complete)."""
 
     def validate(self) -> None:
         if not self.out:

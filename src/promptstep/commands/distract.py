@@ -22,11 +22,17 @@ class DistractConfig:
     `distractors` facts of other triplets of the same split (for training and evaluation)."""
 
     data: str = ""
+    """Dataset directory to read. Required."""
     out: str = ""
+    """Directory to write. Required."""
     distractors: int = 2
+    """Facts of other triplets of the same split added to each context."""
     splits: tuple[str, ...] = ("train", "test")
+    """Splits to convert (<data>/<split>.jsonl)."""
     seed: int = 0
+    """Seed of the distractors' choice and of the order of facts."""
     overwrite: bool = False
+    """Replace an existing output directory (only once the new one is complete)."""
 
     def validate(self) -> None:
         if not self.data or not self.out:

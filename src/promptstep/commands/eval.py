@@ -30,24 +30,44 @@ class EvalConfig:
     """`promptstep eval`: score NC / Prompt / FT on a triplet file and write a run directory."""
 
     model: str = "smollm2-135m"
+    """Model: smollm2-135m (embedded), tiny (embedded), a local directory such as runs/NAME/model, or a hub id."""
     data: str = ""
+    """Dataset directory (its <split>.jsonl is read) or one .jsonl file. Required."""
     split: str = "test"
+    """Split to read when data is a directory."""
     settings: tuple[str, ...] = ("nc", "prompt", "ft")
+    """Settings to score: nc (the query alone), prompt (context + query), ft (one inner step on the context, then the
+    query)."""
     lrs: tuple[float, ...] = (1e-3,)
+    """Learning rates of the FT step; each one is evaluated."""
     steps: int = 1
+    """Gradient steps of the FT update."""
     param_filter: str | None = None
+    """Parameters the step updates: all (default), kv (key/value projections) or a regex on parameter names."""
     rule: str = "sgd"
+    """Update rule of the step: sgd (plain gradient step) or lcgd (Layer-Causal GD)."""
     limit: int | None = None
+    """Evaluate only the first N triplets (default: all)."""
     max_new_tokens: int = 16
+    """Longest greedy answer generated."""
     batch_size: int = 16
+    """Triplets per forward pass in the NC and Prompt settings."""
     separator: str = " "
+    """Text between the context and the query in the Prompt setting."""
     truncate: bool = False
+    """Cut contexts from the left to fit the model's window (otherwise a triplet that does not fit is an error)."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     device: str = "auto"
+    """Device: auto (the GPU if torch sees one), cpu, cuda or cuda:N."""
     trust_remote_code: bool = False
+    """Let a model that ships its own Python code run it (off: such a model is refused)."""
     name: str | None = None
+    """Run name, a directory under runs_dir (default: derived from the command, data and model)."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
 
     def validate(self) -> None:
 
@@ -92,7 +112,7 @@ class EvalConfig:
 
 def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
     """Evaluate and publish `runs/<name>/` with config, records, summary, metrics.csv and a plot."""
-    from promptstep.evaluate import evaluate, summarize
+    from promptstep.evaluate import evaluate, summarize, summarize_by_tag
     from promptstep.models import max_length
     from promptstep.reporting.render import markdown_table, plot_settings
 
@@ -108,10 +128,18 @@ def run_eval(config: EvalConfig, model_and_tokenizer=None) -> tuple[Path, dict]:
         start = time.time()
         records = evaluate(model, tokenizer, triplets, options)
         summary = summarize(records)
+        groups = summarize_by_tag(records)  # per number of facts, seen / held-out family, name style
         write_jsonl(staging / "records.jsonl", records)
-        write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "settings": summary})
-        write_summary_csv(staging / "metrics.csv", summary)
+        write_json(staging / "summary.json", {"wall_s": round(time.time() - start, 1), "settings": summary,
+                                              **({"by_tag": groups} if groups else {})})
+        write_summary_csv(staging / "metrics.csv", {**summary, **{f"{s}[{tag}={value}]": e
+                                                                  for tag, by_value in groups.items()
+                                                                  for value, block in by_value.items()
+                                                                  for s, e in block.items()}})
         plot_settings({config.model: summary}, staging / "settings.png", f"{config.model} on {source}")
     print(markdown_table({config.model: summary}))
+    for tag, by_value in groups.items():
+        print(f"\nby {tag}:")
+        print(markdown_table({f"{tag}={value}": block for value, block in by_value.items()}))
     print(f"results in {out}")
     return out, summary

@@ -18,6 +18,7 @@ from promptstep.errors import InputError, TrainingStopped
 from promptstep.formats import Format, fit_lengths
 from promptstep.meta.options import MetaOptions
 from promptstep.runs import run_dir, write_json, write_jsonl, write_summary_csv, write_yaml
+from promptstep.tracking import Tracker, check_report_to
 
 
 @dataclass
@@ -25,32 +26,62 @@ class MetaTrainConfig(MetaOptions):
     """`promptstep meta-train`: meta-train so one inner step on a context acts like prompting with it."""
 
     model: str = "tiny"
+    """Model: smollm2-135m (embedded), tiny (embedded), a local directory such as runs/NAME/model, or a hub id."""
     data: str = ""
+    """Dataset directory holding <train_split>.jsonl and <eval_split>.jsonl. Required."""
     train_split: str = "train"
+    """Split meta-training reads."""
     eval_split: str = "test"
+    """Split evaluated before and after meta-training (and every eval_every steps)."""
     train_limit: int | None = None
+    """Use only the first N training triplets (default: all)."""
     eval_n: int = 100
+    """Number of eval_split triplets evaluated (the first N)."""
+    ppl_texts: int = 32
+    """Damage check: perplexity before and after on this many held-out offline-Wikipedia paragraphs (0 = off)."""
+    ppl_max_tokens: int = 128
+    """Damage check: tokens of each paragraph scored (its first N)."""
     epochs: int = 1
+    """Passes over the training triplets, each in a seeded order."""
     max_steps: int | None = None
+    """Stop after this many outer steps (default: every full batch of every epoch)."""
     eval_every: int = 0
+    """Also evaluate every N outer steps, into eval_log.jsonl (0 = only before and after)."""
     checkpoint_every: int = 50
+    """Write a resumable checkpoint every N outer steps and at the end (0 = none)."""
     seed: int = 0
+    """Seed of the batch order and of LoRA's initialisation."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     name: str = "meta"
+    """Run name: the run is written to runs_dir/name."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     resume: bool = False
+    """Continue the run from its checkpoint (an interrupted run, or a finished one to extend); the other options must
+    match the saved config."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
     before_from: str | None = None
+    """Reuse the before-evaluation (before.json) of another meta-train run with the same model, data and inner step."""
     device: str = "auto"
+    """Device: auto (the GPU if torch sees one), cpu, cuda or cuda:N."""
     num_processes: int = 1
+    """Data-parallel processes to start on this machine (gloo on CPU, NCCL on GPUs); --threads is split among them."""
     trust_remote_code: bool = False
+    """Let a model that ships its own Python code run it (off: such a model is refused)."""
+    report_to: str = "none"
+    """Also send the training curves to an experiment tracker: none, tensorboard (pip install
+    'promptstep[tracking]'; event files in the run's tensorboard/), trackio or wandb (pip install trackio / wandb)."""
 
     def validate(self) -> None:
 
         if not self.data:
             raise InputError("meta-train needs --data (a dataset directory)")
         super().validate()
-        for key in ("eval_n", "epochs", "num_processes"):
+        if self.ppl_texts < 0:
+            raise InputError(f"config key 'ppl_texts' must be >= 0, got {self.ppl_texts}")
+        for key in ("eval_n", "epochs", "num_processes", "ppl_max_tokens"):
             positive(key, getattr(self, key))
         if self.batch_size < self.num_processes:
             raise InputError(f"batch_size {self.batch_size} is smaller than num_processes {self.num_processes}")
@@ -61,6 +92,7 @@ class MetaTrainConfig(MetaOptions):
                 positive(key, getattr(self, key))
         if self.resume and self.overwrite:
             raise InputError("choose one of --resume and --overwrite")
+        check_report_to(self.report_to)
 
 
 _RESTART_KEYS = ("resume", "overwrite", "num_processes", "device")
@@ -195,7 +227,7 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
         work = procs.broadcast(procs.on_main(lambda: _open_work_dir(config, out, source,
                                                                     _disk_bytes_needed(model, config))))
         try:
-            summary = _train_andwrite_run_files(config, procs, trainer, train, eval_set, work, reused_before)
+            summary = _train_and_write_outputs(config, procs, trainer, train, eval_set, work, reused_before)
         except BaseException:
             if procs.is_main:
                 clean_up(work / "checkpoint")  # a save cut short by the interruption leaves no staging behind
@@ -205,13 +237,18 @@ def _meta_train(config: MetaTrainConfig, procs, model_and_tokenizer, out: Path) 
         if procs.is_main:
             publish(work, out)
             print(markdown_table({"before": summary["before"], "after": summary["after"]}))
+            if "heldout_text" in summary:
+                ppl = summary["heldout_text"]
+                print(f"held-out text perplexity (damage check): {ppl['before']['ppl']:.2f} -> "
+                      f"{ppl['after']['ppl']:.2f} ({ppl['change_pct']:+.1f} %)")
             print(f"results in {out}; meta-trained model in {out / 'model'}")
     return out, summary
 
 
-def _train_andwrite_run_files(config: MetaTrainConfig, procs, trainer, train, eval_set, work: Path,
+def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eval_set, work: Path,
                        reused_before: dict | None) -> dict:
     """Train in `work` (resuming from its checkpoint if `--resume`), evaluate, and write every output there."""
+    from promptstep.evaluate import heldout_perplexity
     from promptstep.meta.loop import batches_for, eval_summary, run_training
     from promptstep.reporting.render import plot_settings, plot_training
     from promptstep.runs import trim_log
@@ -221,6 +258,10 @@ def _train_andwrite_run_files(config: MetaTrainConfig, procs, trainer, train, ev
             procs.on_main(lambda log=log: trim_log(work / log, trainer.step_count))
     examples = procs.main_first(lambda: trainer.build_examples(train, progress=procs.is_main))
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
+    texts = heldout_texts(config.ppl_texts)
+    if procs.is_main and texts and not (work / "heldout_ppl.json").is_file():
+        write_json(work / "heldout_ppl.json", {"before": heldout_perplexity(trainer.eval_model(), trainer.tokenizer,
+                                                                            texts, config.ppl_max_tokens)})
     if config.resume:
         before = json.loads((work / "before.json").read_text())
         if procs.is_main:
@@ -230,18 +271,35 @@ def _train_andwrite_run_files(config: MetaTrainConfig, procs, trainer, train, ev
         if procs.is_main:
             write_json(work / "before.json", before)
     main = procs.is_main
-    result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
-                          eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main)
-    if result["stopped"]:
-        kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
-                if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
-        raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
-    if not main:
-        return {}
-    after_eval = eval_summary(trainer, eval_set, progress=True)
-    after = after_eval["summary"]
+    with Tracker(config.report_to, work, config.name, config_dict(config), enabled=main,
+                 resumed_at=trainer.step_count if config.resume else None) as tracker:
+        if not config.resume:
+            tracker.log(before, 0, "before")
+        result = run_training(trainer, batches, out=work if main else None, eval_set=eval_set if main else [],
+                              eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, progress=main,
+                              on_step=lambda log: tracker.log(log, log["step"], "train"),
+                              on_eval=lambda step, summary: tracker.log(summary, step, "eval"))
+        if result["stopped"]:
+            kept = (f"last good checkpoint in {work / 'checkpoint'} (continue with --resume true)"
+                    if (work / "checkpoint").is_dir() else f"no checkpoint (logs in {work})")
+            raise TrainingStopped(f"stopped: {result['stopped']}; {kept}")
+        if not main:
+            return {}
+        after_eval = eval_summary(trainer, eval_set, progress=True)
+        after = after_eval["summary"]
+        summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
+        if texts:
+            ppl = json.loads((work / "heldout_ppl.json").read_text())
+            ppl["after"] = heldout_perplexity(trainer.eval_model(), trainer.tokenizer, texts, config.ppl_max_tokens)
+            ppl["change_pct"] = 100 * (ppl["after"]["ppl"] / ppl["before"]["ppl"] - 1)
+            ppl["source"] = f"{len(texts)} held-out (test-split) paragraphs of the offline Wikipedia dump, first " \
+                            f"{config.ppl_max_tokens} tokens each"
+            write_json(work / "heldout_ppl.json", ppl)
+            summary["heldout_text"] = ppl
+        tracker.log(after, result["steps"], "after")
+        tracker.log({"wall_s": result["wall_s"], "heldout_text": summary.get("heldout_text", {})}, result["steps"],
+                    "summary")
     write_jsonl(work / "records.jsonl", after_eval["records"])
-    summary = {"steps": result["steps"], "wall_s": result["wall_s"], "before": before, "after": after}
     write_json(work / "summary.json", summary)
     write_summary_csv(work / "metrics.csv", {f"{stage}/{s}": e for stage, block in (("before", before),
                                                                                     ("after", after))
@@ -251,6 +309,16 @@ def _train_andwrite_run_files(config: MetaTrainConfig, procs, trainer, train, ev
     plot_training(work / "train_log.jsonl", work / "training.png")
     trainer.export(work)
     return summary
+
+
+def heldout_texts(n: int) -> list[str]:
+    """The first `n` test-split paragraphs of the offline Wikipedia dump (articles no Wikipedia task trains on):
+    the text of the damage check."""
+    if n == 0:
+        return []
+    from promptstep.data.wiki_offline import wiki_offline_paragraphs
+
+    return [text for _, text in wiki_offline_paragraphs("test")[:n]]
 
 
 def _disk_bytes_needed(model, config: MetaTrainConfig) -> int:

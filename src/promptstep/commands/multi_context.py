@@ -29,24 +29,43 @@ class MultiContextConfig:
     """`promptstep multi-context`: accuracy on the queries of N contexts after N updates (paper Table 2)."""
 
     model: str = "tiny"
+    """Model: smollm2-135m (embedded), tiny (embedded), a local directory such as runs/NAME/model, or a hub id."""
     data: str = ""
+    """Dataset directory (its <split>.jsonl is read) or one .jsonl file. Required."""
     split: str = "test"
+    """Split to read when data is a directory."""
     limit: int | None = None
+    """Use only the first N triplets (default: all)."""
     sizes: tuple[int, ...] = (1, 4, 16)
+    """Numbers N of contexts per group."""
     modes: tuple[str, ...] = MODES
+    """How N contexts update the model: sequential (N separate steps) and/or batched (one step on all N)."""
     n_groups: int = 20
+    """Random groups of N contexts per size (seeded: the same groups for every model)."""
     lr: float = 1e-3
+    """Learning rate of each update."""
     steps: int = 1
+    """Gradient steps of each update."""
     param_filter: str | None = None
+    """Parameters the step updates: all (default), kv (key/value projections) or a regex on parameter names."""
     rule: str = "sgd"
+    """Update rule of the step: sgd (plain gradient step) or lcgd (Layer-Causal GD)."""
     max_new_tokens: int = 16
+    """Longest greedy answer generated."""
     batch_size: int = 16
+    """Queries per forward pass when answering."""
     seed: int = 0
+    """Seed of the random groups."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     device: str = "auto"
+    """Device: auto (the GPU if torch sees one), cpu, cuda or cuda:N."""
     name: str | None = None
+    """Run name, a directory under runs_dir (default: derived from the command, data and model)."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
 
     def validate(self) -> None:
 

@@ -16,11 +16,17 @@ class PretrainTinyConfig:
     """`promptstep pretrain-tiny`: train the tiny model's tokenizer and weights from scratch on generated text."""
 
     out: str = ""
+    """Directory to write the model to (default: the tiny model shipped inside the package, replaced)."""
     steps: int = 1000
+    """AdamW steps."""
     batch_size: int = 32
+    """Generated episodes per step."""
     lr: float = 3e-3
+    """AdamW learning rate."""
     seed: int = 0
+    """Seed of the generated text and of the initialisation."""
     overwrite: bool = False
+    """Replace an existing output directory (only once the new one is complete)."""
 
     def validate(self) -> None:
         for key in ("steps", "batch_size", "lr"):

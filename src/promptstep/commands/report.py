@@ -15,9 +15,13 @@ class ReportConfig:
     """`promptstep report RUN...`: paper-style tables (markdown + CSV) and a Figure-2-style PNG from runs."""
 
     runs: tuple[str, ...] = ()
+    """Run directories, or directories above them, to build the tables from. Required."""
     out: str = ""
+    """Directory to write the report to (default: <first run>/report)."""
     metric: str = "tok_acc"
+    """Metric of the tables: tok_acc, em or starts."""
     overwrite: bool = False
+    """Replace an existing output directory (only once the new one is complete)."""
 
     def validate(self) -> None:
         from promptstep.reporting.paper_tables import METRICS

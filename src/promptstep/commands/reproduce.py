@@ -17,9 +17,12 @@ A suite has blocks; a block is one model with its tasks, budgets and experiments
           figure2:  {tasks: [character], objectives: [lc, lg]}
           lora:     {tasks: [character], modes: {outer: {}, inner: {inner_lr: 3.0}}, objective: lg}
           multi:    {tasks: [character], inner_ks: [1, 4, 16], meta: {batch_size: 16}, eval: {n_groups: 10}}
-          controls: {tasks: [character], objective: lg, train_n: 50, base_model: true}
+          controls: {tasks: [character], objective: lg, train_n: 50, base_model: true, limit: 100}
           transfer: {source: reversal, target: character, objective: lg}
-          cross:    {pairs: [[character, character-d2]], objective: lg}   # a model trained on one, tested on another
+          cross:    {pairs: [[character, character-d2], [mix, "mix:test_families"]], objectives: [lc, lg],
+                     base_model: true, limit: 300}  # models trained on one task, tested on another task / split
+
+`limit` (controls, cross) is the number of evaluation triplets (default: meta's eval_n).
 
 Each step is an ordinary run directory (meta-train, multi-context, controls, transfer); a step whose run is
 complete is reused with `--resume true` (an interrupted meta-train run resumes from its checkpoint), then
@@ -52,13 +55,13 @@ EXPERIMENT_KEYS = {
     "figure2": {"tasks", "objectives", "meta"},
     "lora": {"tasks", "modes", "objective", "meta"},
     "multi": {"tasks", "inner_ks", "objective", "meta", "eval"},
-    "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed", "base_model"},
-    "cross": {"pairs", "objective", "meta"},
+    "controls": {"tasks", "objective", "meta", "train_n", "breakdown_metric", "seed", "base_model", "limit"},
+    "cross": {"pairs", "objective", "objectives", "meta", "base_model", "limit"},
     "transfer": {"source", "target", "objective", "meta", "modes", "joint_weight", "prep_examples", "prep_steps",
                  "prep_batch_size", "prep_lr", "prep_nc_weight"},
 }
 MULTI_KS = [1, 4, 16]
-CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed")
+CONTROLS_KEYS = ("train_n", "breakdown_metric", "seed", "limit")
 BLOCK_KEYS = {"name", "model", "tasks", "prepare", "meta", "experiments"}
 SUITE_KEYS = {"name", "runs_dir", "metric", "blocks"}
 TASK_SOURCES = ("generate", "data", "distract")
@@ -129,7 +132,8 @@ def load_suite(path: str | Path) -> Suite:
         experiments = {k: _mapping(v, f"{spot}.experiments.{k}", EXPERIMENT_KEYS[k]) for k, v in experiments.items()}
         for kind, spec in experiments.items():
             named = list(spec.get("tasks", [])) + [spec[k] for k in ("source", "target") if k in spec]
-            named += [task for pair in spec.get("pairs", []) for task in pair]
+            named += [task_and_split(task, f"{spot}.experiments.{kind}")[0]
+                      for pair in spec.get("pairs", []) for task in pair]
             for task in named:
                 if task not in tasks:
                     raise InputError(f"{spot}.experiments.{kind}: unknown task '{task}' (tasks: {', '.join(tasks)})")
@@ -193,6 +197,12 @@ def check_options(suite: Suite) -> None:
                                  | {"source": "-", "target": "-"})
         except InputError as err:
             raise InputError(f"suite block '{block.name}': {err}") from None
+
+
+def task_and_split(target: str, where: str) -> tuple[str, str]:
+    """'TASK' -> (TASK, 'test'); 'TASK:SPLIT' -> (TASK, SPLIT), the split a safe file name."""
+    task, _, split = str(target).partition(":")
+    return task, safe_name(split, f"{where}: split name") if split else "test"
 
 
 def _remove_stale_runs(block_dir: Path, kept: set[Path]) -> None:
@@ -292,7 +302,8 @@ class BlockRunner:
         """`eval` / `controls` options of that FT step (one learning rate)."""
         step = self._meta_defaults(spec)
         return {"lrs": [step["lr"]], "steps": step["steps"], "param_filter": step["param_filter"],
-                "rule": step["rule"], "max_new_tokens": step["max_new_tokens"], "limit": step["eval_n"]}
+                "rule": step["rule"], "max_new_tokens": step["max_new_tokens"],
+                "limit": spec.get("limit", step["eval_n"])}  # an experiment's own `limit`, else meta's eval_n
 
     def figure2(self, spec: dict) -> None:
         for task in spec.get("tasks", list(self.block.tasks)):
@@ -338,16 +349,23 @@ class BlockRunner:
                 self._step(self.dir / name, lambda _, c=config: run_controls(c))
 
     def cross(self, spec: dict) -> None:
-        """FT of the model meta-trained on one task, evaluated on another task's test set."""
+        """NC / Prompt / FT of the models meta-trained on one task (each of `objectives`, and the base model with
+        `base_model: true`), evaluated on another task's test set or on a split of it (`TASK:SPLIT`, e.g. the
+        held-out families `mix:test_families`)."""
         step = self._eval_step(spec)
-        objective = spec.get("objective", "lg")
-        for train_task, eval_task in spec.get("pairs", []):
-            model = self.meta(train_task, objective, overrides=spec.get("meta")) / "model"
-            name = f"cross-{objective}-{train_task}-on-{eval_task}"
-            values = {**step, "model": str(model), "data": self.data(eval_task), "name": name,
-                      "runs_dir": str(self.dir), "overwrite": True}
-            config = build_config(EvalConfig, None, values)
-            self._step(self.dir / name, lambda _, c=config: run_eval(c))
+        objectives = spec.get("objectives", [spec.get("objective", "lg")])
+        for train_task, target in spec.get("pairs", []):
+            eval_task, split = task_and_split(target, "cross")
+            models = {objective: str(self.meta(train_task, objective, overrides=spec.get("meta")) / "model")
+                      for objective in objectives}
+            if spec.get("base_model"):
+                models = {"base": self.base(train_task), **models}
+            for label, model in models.items():
+                name = f"cross-{label}-{train_task}-on-{target.replace(':', '-')}"
+                values = {**step, "model": model, "data": self.data(eval_task), "split": split, "name": name,
+                          "runs_dir": str(self.dir), "overwrite": True}
+                config = build_config(EvalConfig, None, values)
+                self._step(self.dir / name, lambda _, c=config: run_eval(c))
 
     def transfer(self, spec: dict) -> None:
         source, target = spec["source"], spec["target"]
@@ -375,9 +393,13 @@ class ReproduceConfig:
     """`promptstep reproduce --suite FILE`: run a YAML-described suite end to end, then its report."""
 
     suite: str = ""
+    """YAML suite file, e.g. configs/suite-cpu.yaml. Required."""
     only: tuple[str, ...] = ()
+    """Run only these blocks of the suite (default: all)."""
     resume: bool = False
+    """Continue the suite: finished steps are reused as they are, an interrupted meta-training resumes."""
     overwrite: bool = False
+    """Replace the suite's existing directory."""
 
     def validate(self) -> None:
         if not self.suite:

@@ -26,26 +26,48 @@ class TransferConfig(MetaOptions):
     (joint) meta-training; FT accuracy on both (paper Table 3)."""
 
     model: str = "tiny"
+    """Base model: smollm2-135m (embedded), tiny (embedded), a local directory such as runs/NAME/model, or a hub id."""
     source: str = ""
+    """Dataset directory meta-training uses (train split); FT on its test split measures retention. Required."""
     target: str = ""
+    """Dataset directory whose format is taught (train split); FT on its test split measures transfer. Required."""
     source_model: str | None = None
+    """A model already meta-trained on source, used instead of meta-training one (default: none)."""
     target_run: str | None = None
+    """A meta-train run on target whose after-evaluation is reported as the in-domain number."""
     modes: tuple[str, ...] = ("sequential", "joint")
+    """How target's format is taught: sequential (format fine-tuning after meta-training) and/or joint (both losses in
+    every outer step)."""
     joint_weight: float = 1.0
+    """Weight of target's format loss in every outer step of the joint mode."""
     prep_examples: int = 240
+    """Format fine-tuning on target: size of the saved subset of its training triplets."""
     prep_steps: int = 30
+    """Format fine-tuning on target: AdamW steps."""
     prep_batch_size: int = 8
+    """Format fine-tuning on target: triplets per step."""
     prep_lr: float = 3e-5
+    """Format fine-tuning on target: AdamW learning rate."""
     prep_nc_weight: float = 0.5
+    """Format fine-tuning on target: weight of the NC-format loss."""
     train_limit: int | None = None
+    """Use only the first N training triplets of source (default: all)."""
     eval_n: int = 100
+    """Test triplets of each dataset evaluated (the first N)."""
     epochs: int = 1
+    """Meta-training epochs over source."""
     seed: int = 0
+    """Seed of batches, subsets and LoRA initialisation."""
     attn: str = "eager"
+    """Attention implementation the model loads with: eager or sdpa (second-order steps then use the math kernel)."""
     device: str = "auto"
+    """Device: auto (the GPU if torch sees one), cpu, cuda or cuda:N."""
     name: str = "transfer"
+    """Run name: the run is written to runs_dir/name."""
     runs_dir: str = "runs"
+    """Directory that holds the run directories."""
     overwrite: bool = False
+    """Replace an existing run directory (it is replaced only when the new run has succeeded)."""
 
     def validate(self) -> None:
 

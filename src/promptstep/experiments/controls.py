@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
 from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
-from promptstep.evaluate import EvalOptions, context_batch, evaluate_prompted, score_answers, summarize
+from promptstep.evaluate import EvalOptions, context_batch, evaluate_prompted, mark_agreement, score_answers, summarize
 from promptstep.formats import encode_pair
-from promptstep.metrics import exact_match, mean_se, normalize_answer, starts_with_answer
+from promptstep.metrics import exact_match, normalize_answer, starts_with_answer
 
-LEAK_METRICS = ("leak_em", "leak_starts", "leak_tok_acc")
 CATEGORIES = ("always_incorrect", "always_correct", "correct_without_only", "only_correct_with")
 
 
@@ -62,8 +62,10 @@ def leak_scores(prediction: str, other: Triplet) -> dict[str, float]:
 
 def evaluate_irrelevant(model, tokenizer, triplets: Sequence[Triplet], options: EvalOptions, seed: int = 0,
                         progress: bool = True) -> list[dict]:
-    """Per triplet: one FT step on a random other triplet's context, then its own query, scored against its own
-    answer (em, tok_acc, ...) and the other's (leak_em, leak_starts, leak_tok_acc); weights restored."""
+    """Per triplet, with a random other triplet's context: `irrelevant` = one FT step on that context, then the
+    triplet's own query; `irrelevant_prompt` = that context in the prompt before the query (what "simulating
+    prompting" should match). Both are scored against the triplet's own answer (em, tok_acc, ...) and against the
+    other's (leak_em, leak_starts, leak_tok_acc); FT records carry `agree_prompt`. Weights restored."""
     device = next(model.parameters()).device
     (_, step), = options.ft_steps()
     records = []
@@ -71,20 +73,30 @@ def evaluate_irrelevant(model, tokenizer, triplets: Sequence[Triplet], options: 
     for triplet, other in tqdm(pairs, desc="eval irrelevant", disable=not progress, unit="ex"):
         with step.applied(model, [context_batch(tokenizer, other, options.fmt, device)]):
             (record,) = evaluate_prompted(model, tokenizer, [triplet], "nc", options, progress=False)
-            leaked = encode_pair(tokenizer, options.fmt.prefix(triplet, "nc"), other.answer, options.fmt.answer_prefix)
-            ((leak_acc, _),) = score_answers(model, [leaked], tokenizer.pad_token_id)
-        record.update(setting="irrelevant", irrelevant_id=other.id, irrelevant_answer=other.answer,
-                      leak_tok_acc=leak_acc, **leak_scores(record["prediction"], other))
-        records.append(record)
+            records.append(_with_leak(model, tokenizer, record, "irrelevant", triplet, other, options, "nc"))
+    swapped = [replace(triplet, context=other.context) for triplet, other in pairs]
+    prompted = evaluate_prompted(model, tokenizer, swapped, "prompt", options, progress=progress)
+    for record, (triplet, other) in zip(prompted, pairs):
+        swapped_triplet = replace(triplet, context=other.context)
+        records.append(_with_leak(model, tokenizer, record, "irrelevant_prompt", swapped_triplet, other, options,
+                                  "prompt"))
+    mark_agreement(records, reference="irrelevant_prompt", prefix="irrelevant")
     return records
 
 
+def _with_leak(model, tokenizer, record: dict, setting: str, triplet: Triplet, other: Triplet, options: EvalOptions,
+               layout: str) -> dict:
+    """`record` renamed to `setting` with its leak scores: the other fact's answer after the same prefix."""
+    leaked = encode_pair(tokenizer, options.fmt.prefix(triplet, layout), other.answer, options.fmt.answer_prefix)
+    ((leak_acc, _),) = score_answers(model, [leaked], tokenizer.pad_token_id)
+    record.update(setting=setting, irrelevant_id=other.id, irrelevant_answer=other.answer, leak_tok_acc=leak_acc,
+                  **leak_scores(record["prediction"], other))
+    return record
+
+
 def summarize_irrelevant(records: Sequence[dict]) -> dict[str, float]:
-    """The usual summary of the irrelevant-context records plus the mean ± SE of each leak metric."""
-    (entry,) = summarize(records).values()
-    for metric in LEAK_METRICS:
-        entry[metric], entry[f"{metric}_se"] = mean_se(r[metric] for r in records)
-    return entry
+    """The summary of the FT irrelevant-context records: the usual metrics plus each leak metric (mean ± SE)."""
+    return summarize([r for r in records if r["setting"] == "irrelevant"])["irrelevant"]
 
 
 def correctness_breakdown(records: Sequence[dict], metric: str = "em", without: str = "nc", with_: str = "ft"

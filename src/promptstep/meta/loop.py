@@ -46,8 +46,11 @@ def eval_summary(trainer: MetaTrainer, triplets: Sequence[Triplet], progress: bo
 def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]], *, out: Path | None,
                  eval_set: Sequence[Triplet], eval_every: int, checkpoint_every: int,
                  progress: bool = True, inject: Callable | None = None,
-                 on_step: Callable[[dict], None] | None = None) -> dict:
-    """Run the remaining outer steps, with logs, periodic evaluation and checkpoints; return the last eval."""
+                 on_step: Callable[[dict], None] | None = None,
+                 on_eval: Callable[[int, dict], None] | None = None) -> dict:
+    """Run the remaining outer steps, with logs, periodic evaluation and checkpoints; return the last eval.
+
+    `on_step(log)` sees every step's log row, `on_eval(step, summary)` every periodic evaluation (trackers)."""
     start_step = trainer.step_count
     # LC with cached targets: the teacher's answer distributions of this process's remaining examples go to disk
     # once, and the frozen teacher copy leaves memory before the first step.
@@ -77,6 +80,8 @@ def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]],
             if eval_set and eval_every and (trainer.step_count % eval_every == 0) and not done:
                 last_eval = eval_summary(trainer, eval_set)
                 _log_eval(out, trainer.step_count, last_eval["summary"])
+                if on_eval:
+                    on_eval(trainer.step_count, last_eval["summary"])
             if checkpoint_every and (trainer.step_count % checkpoint_every == 0 or done):
                 stopped = trainer.processes.broadcast(_save(trainer, out))
                 if stopped:

@@ -19,29 +19,57 @@ class MetaOptions:
     """Hyperparameters of meta-training (the library-level view of the `meta-train` config)."""
 
     objective: str = "lc"
+    """Outer objective: lc (learning from conditioning: match the prompted teacher's answer distribution) or lg
+    (learning from gold answers: their NLL after the step)."""
     inner_lr: float = 1e-3
+    """Learning rate η of the inner step on the context (also the FT step of this run's evaluations)."""
     inner_steps: int = 1
+    """Gradient steps of the inner update."""
     inner_params: str | None = None
+    """Parameters the inner step updates: all (default), kv (key/value projections) or a regex on parameter names."""
     inner_rule: str = "sgd"
+    """Inner update rule: sgd (plain gradient step) or lcgd (Layer-Causal GD: each block follows its own layer's
+    loss)."""
     first_order: bool = False
+    """Treat the inner gradient as a constant (first order, about 2x faster) instead of differentiating through it."""
     outer_lr: float = 1e-5
+    """Adam learning rate of the outer (meta) update."""
     batch_size: int = 16
+    """Examples per outer step; they are processed one after another with the gradient accumulated, so memory does not
+    grow with it."""
     clip: float = 1.0
+    """Largest gradient norm of an outer step (norms before clipping are logged)."""
     lm_weight: float = 0.0
+    """Weight λ of the language-modelling regulariser at the pre-update weights (0 = off)."""
     lm_source: str = "prompt"
+    """Text of the regulariser: prompt (the objective in the Prompt format) or context (the context's own next-token
+    loss)."""
     max_new_tokens: int = 16
+    """Longest greedy answer generated, for the LC teacher's answers and for the evaluations."""
     nan_patience: int = 3
-    inner_k: int = 1  # contexts per inner step; the outer batch splits into batch_size / inner_k groups
-    lora: str = "none"  # none | inner: a LoRA adapter is meta-learned and is what the inner step updates |
-    # outer: a rank-r LoRA update of the weights is meta-learned, the inner step is full rank on the merged weights
-    lora_rank: int | None = None  # default 8 for lora=inner, 1 for lora=outer (the paper's rank-1 outer update)
-    lora_alpha: float | None = None  # default = lora_rank (scaling 1)
-    lora_targets: str = "all-linear"  # PEFT target_modules: 'all-linear' or comma-separated module names
+    """Non-finite outer steps in a row (each is skipped) after which the run stops at its last good checkpoint."""
+    inner_k: int = 1
+    """Contexts per inner step (paper Table 2): the outer batch splits into batch_size / inner_k groups, each stepped
+    on its contexts at once."""
+    lora: str = "none"
+    """LoRA variant: none; inner (a meta-learned adapter is all the inner step updates); outer (a meta-learned low-rank
+    update of the weights, inner step full rank)."""
+    lora_rank: int | None = None
+    """LoRA rank (default: 8 for lora inner, 1 for lora outer, the paper's rank-1 outer update)."""
+    lora_alpha: float | None = None
+    """LoRA alpha (default: the rank, i.e. scaling 1)."""
+    lora_targets: str = "all-linear"
+    """Modules LoRA adapts (PEFT target_modules): all-linear or comma-separated module names."""
     precision: str = "fp32"
+    """Meta-step precision: fp32, or bf16 (forward passes under autocast; weights, gradients, Adam and losses stay
+    fp32)."""
     grad_checkpointing: bool = False
-    teacher_targets: str = "cached"  # LC: cached = the teacher's answer distributions computed once before training
-    # and read from disk (no teacher forward per step, no teacher copy in memory while training; about
-    # 4 bytes x vocab per answer token on disk); live = the frozen teacher runs at every step
+    """Recompute each layer's activations during backward to save memory (exact: the recomputation uses the weights of
+    the forward pass)."""
+    teacher_targets: str = "cached"
+    """LC teacher targets: cached (the teacher's answer distributions computed once before training and read from disk:
+    no teacher forward per step and no teacher copy in memory while training; about 4 bytes x vocabulary per answer
+    token on disk) or live (the frozen teacher runs at every step)."""
 
     def inner(self):
         """The inner step being meta-trained for (also the FT step of this run's evaluations)."""

@@ -1,7 +1,7 @@
 """The published numbers of Zhang, Choshen & Andreas, "Can Gradient Descent Simulate Prompting?" (arXiv
-2506.20989, 2025), Tables 1–5, as transcribed in the project's spec (reference/papers.md §1.11).
+2506.20989, 2025), Tables 1–5, transcribed from the paper.
 
-Llama 3.2 1B; accuracy in %, whose definition the paper does not give (papers.md §1.10). Figure 2 is an
+Llama 3.2 1B; accuracy in %, whose definition the paper does not give. Figure 2 is an
 image whose bar values appear nowhere in the text, so it has no numbers here.
 """
 
@@ -17,7 +17,7 @@ TABLE1 = {
     "WikiText": (43.0, 29.1, 37.2, 37.5, 32.2, 38.3),
 }
 
-# Table 2: multiple contexts, SQuAD, gold-label; SE < ±3; N sequential updates (papers.md §1.7).
+# Table 2: multiple contexts, SQuAD, gold-label; SE < ±3; N sequential updates (the paper's §5.4).
 TABLE2_COLUMNS = ("1 Update", "4 Updates", "16 Updates")
 TABLE2 = {
     "Base": (47.3, 43.6, 42.6),
@@ -43,7 +43,7 @@ TABLE4 = {
 }
 
 # Table 5: one step on an irrelevant context; SE within ±2. WikiText's irrelevant cell is printed ".010" (sic):
-# its meaning is unclear (papers.md §1.11), so it is kept as printed text, never as a number to compare with.
+# its meaning is unclear, so it is kept as printed text, never as a number to compare with.
 TABLE5_COLUMNS = ("No Context (base model)", "Irrelevant Context", "Normal Context")
 TABLE5 = {
     "SQuAD": ("35.2", "29.7", "58.6"),

@@ -64,8 +64,8 @@ def _kind(config: dict, summary: dict) -> str | None:
         return summary["kind"]
     if "objective" in config and "before" in summary and "after" in summary and "data" in config:
         return "meta-train"
-    if "settings" in config and "settings" in summary and _trained_config(str(config.get("model", ""))):
-        return "cross"  # an `eval` run of a meta-trained model
+    if "settings" in config and "settings" in summary and "lrs" in config:
+        return "cross"  # an `eval` run (of a meta-trained or a base model), e.g. on another task's test set
     return None
 
 
@@ -268,7 +268,8 @@ def table2(runs: Sequence[Run], metric: str) -> Table:
                   "queries of all N contexts (± SE over random groups)", ["task", "model", *columns],
                   paper=_paper_table("table2", "model", paper.TABLE2, paper.TABLE2_COLUMNS, 2),
                   note="sequential@N = N separate steps, one per context; batched@N = one step on the mean loss of "
-                       "the N contexts. The paper's columns are sequential (papers.md §1.7).")
+                       "the N contexts. The paper's columns are sequential (Zhang, Choshen & Andreas 2025, "
+                       "arXiv 2506.20989, Table 2: N updates in sequence).")
     for run in sorted(multi, key=lambda r: (r.task, _model_order(str(r.config["model"])))):
         settings = run.summary["settings"]
         table.rows.append([run.task, model_label(str(run.config["model"])),
@@ -317,40 +318,76 @@ def table4(runs: Sequence[Run]) -> Table:
 def table5(runs: Sequence[Run], metric: str) -> Table:
     table = Table("table5", f"Table 5: one step on an irrelevant context — {metric} %",
                   ["task", "model", "No Context (base model)", "No Context (this model)", "Irrelevant Context",
-                   "leak: answers with the irrelevant context's answer", "Normal Context"],
+                   "leak: answers with the irrelevant context's answer", "leak with that context in the prompt",
+                   "FT agrees with Prompt", "Normal Context"],
                   paper=_paper_table("table5", "dataset", paper.TABLE5, paper.TABLE5_COLUMNS, 5),
-                  note=f"Leak = {LEAK[metric]}: the same metric scored against the irrelevant context's answer. The "
-                       "paper reports no leak rate.")
+                  note=f"Leak = {LEAK[metric]}: the same metric scored against the irrelevant context's answer; "
+                       "beside it the same leak when the irrelevant context is put in the prompt instead (what a step "
+                       "that simulates prompting should match), and the share of items where the step's answer "
+                       "equals the prompted one. The paper reports no leak rate.")
     controls = [r for r in runs if r.kind == "controls"]
     for run in sorted(controls, key=lambda r: (r.task, _model_order(str(r.config["model"])))):
         scores = run.summary["eval"]
         irrelevant = scores["irrelevant"]
+        prompted = scores.get("irrelevant_prompt")
         table.rows.append([run.task, model_label(str(run.config["model"])), _cell(run.summary.get("base_nc"), metric),
                            _cell(scores.get("nc"), metric), _cell(irrelevant, metric),
-                           _cell(irrelevant, LEAK[metric]), _cell(scores.get("ft"), metric)])
+                           _cell(irrelevant, LEAK[metric]), _cell(prompted, LEAK[metric]),
+                           _cell(irrelevant, "agree_prompt"), _cell(scores.get("ft"), metric)])
     return table
 
 
+def _evaluated_on(run: Run) -> str:
+    split = str(run.config.get("split", "test"))
+    return run.task if split == "test" else f"{run.task}:{split}"
+
+
 def cross_table(runs: Sequence[Run], metric: str) -> Table:
-    table = Table("cross", f"Meta-trained models on another task's test set (e.g. multi-fact contexts) — {metric} %",
-                  ["evaluated on", "model", "NC", "Prompt", "FT"],
+    table = Table("cross", f"Meta-trained models on other test sets (another task, multi-fact contexts, held-out "
+                  f"families), beside the base model where it was evaluated — {metric} %",
+                  ["evaluated on", "model", "NC", "Prompt", "FT", "FT agrees with Prompt", "distractor: Prompt",
+                   "distractor: FT"],
                   note="Compare with the Figure 2 rows of the evaluation task: a step that stores the queried fact "
-                       "keeps its FT accuracy when the context holds other facts too.")
-    for run in (r for r in runs if r.kind == "cross"):
+                       "keeps its FT accuracy when the context holds other facts too. 'Agrees' = FT's answer equals "
+                       "Prompt's on the same item; 'distractor' = the answer is another fact's name (multi-fact "
+                       "items only).")
+    for run in sorted((r for r in runs if r.kind == "cross"),
+                      key=lambda r: (_evaluated_on(r), _model_order(str(r.config["model"])))):
         settings = run.summary["settings"]
-        table.rows.append([run.task, model_label(str(run.config["model"])),
-                           *(_cell(settings.get(s), metric) for s in SETTINGS)])
+        table.rows.append([_evaluated_on(run), model_label(str(run.config["model"])),
+                           *(_cell(settings.get(s), metric) for s in SETTINGS),
+                           _cell(settings.get("ft"), "agree_prompt"), _cell(settings.get("prompt"), "distractor"),
+                           _cell(settings.get("ft"), "distractor")])
+    return table
+
+
+def by_tag_table(runs: Sequence[Run], metric: str) -> Table:
+    table = Table("by_tag", f"The evaluations above by number of facts in the context, family (seen / held out) and "
+                  f"name style — {metric} %", ["evaluated on", "model", "group", "n", "NC", "Prompt", "FT",
+                                               "FT agrees with Prompt", "distractor: Prompt", "distractor: FT"],
+                  note="Groups come from the `tags` of the evaluation items (multi-fact data from `promptstep data "
+                       "character --facts ...`).")
+    for run in sorted((r for r in runs if r.kind == "cross" and r.summary.get("by_tag")),
+                      key=lambda r: (_evaluated_on(r), _model_order(str(r.config["model"])))):
+        for tag, by_value in run.summary["by_tag"].items():
+            for value, settings in by_value.items():
+                ft = settings.get("ft", {})
+                table.rows.append([_evaluated_on(run), model_label(str(run.config["model"])), f"{tag}={value}",
+                                   str(int(ft.get("n", next(iter(settings.values()))["n"]))),
+                                   *(_cell(settings.get(s), metric) for s in SETTINGS), _cell(ft, "agree_prompt"),
+                                   _cell(settings.get("prompt"), "distractor"), _cell(ft, "distractor")])
     return table
 
 
 def build_report(runs: Sequence[Run], metric: str) -> list[Table]:
     return [figure2_table(runs, metric), table1(runs, metric), table2(runs, metric), table3(runs, metric),
-            table4(runs), table5(runs, metric), cross_table(runs, metric)]
+            table4(runs), table5(runs, metric), cross_table(runs, metric), by_tag_table(runs, metric)]
 
 
 def report_markdown(tables: Sequence[Table], runs: Sequence[Run], figure: bool) -> str:
     parts = ["# promptstep report", "", f"Runs: {len(runs)} ({', '.join(sorted({r.kind for r in runs}))}). "
-             "Our numbers: mean ± standard error. The paper does not define its accuracy (papers.md §1.10).", ""]
+             "Our numbers: mean ± standard error. The paper (Zhang, Choshen & Andreas 2025, arXiv 2506.20989) "
+             "does not define its accuracy.", ""]
     notes = choice_notes(runs)
     if notes:
         parts += ["Several runs fit one slot of Figure 2 / Table 1; the tables use the first in path order:", ""]

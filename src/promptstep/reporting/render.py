@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 TABLE_METRICS = (("em", "EM %"), ("starts", "starts %"), ("tok_acc", "tok acc %"), ("nll", "NLL/tok"))
+# Shown when some row has them: FT's agreement with Prompt, answering another fact's name, the irrelevant leak.
+OPTIONAL_COLUMNS = (("agree_prompt", "agrees w/ Prompt %"), ("distractor", "distractor %"), ("leak_em", "leak EM %"))
 
 
 def format_cell(entry: dict[str, float], metric: str) -> str:
@@ -19,12 +21,14 @@ def format_cell(entry: dict[str, float], metric: str) -> str:
 
 
 def markdown_table(summaries: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A markdown table: one row per (model/run label, setting), mean ± SE per metric."""
-    header = "| run | setting | n | " + " | ".join(label for _, label in TABLE_METRICS) + " |"
-    lines = [header, "|" + "---|" * (3 + len(TABLE_METRICS))]
+    """A markdown table: one row per (model/run label, setting), mean ± SE per metric ('–' where a row has none)."""
+    entries = [entry for summary in summaries.values() for entry in summary.values()]
+    columns = [*TABLE_METRICS, *((m, name) for m, name in OPTIONAL_COLUMNS if any(m in e for e in entries))]
+    header = "| run | setting | n | " + " | ".join(label for _, label in columns) + " |"
+    lines = [header, "|" + "---|" * (3 + len(columns))]
     for label, summary in summaries.items():
         for setting, entry in summary.items():
-            cells = " | ".join(format_cell(entry, metric) for metric, _ in TABLE_METRICS)
+            cells = " | ".join(format_cell(entry, metric) if metric in entry else "–" for metric, _ in columns)
             lines.append(f"| {label} | {setting} | {int(entry['n'])} | {cells} |")
     return "\n".join(lines)
 
