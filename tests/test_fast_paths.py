@@ -269,3 +269,17 @@ def test_keep_freed_memory_applies_on_glibc_and_can_be_turned_off(monkeypatch):
     assert keep_freed_memory() is False
     monkeypatch.delenv("PROMPTSTEP_MALLOC")
     assert keep_freed_memory() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize("spec", [None, "kv"])
+def test_adapted_each_shares_the_gradient_and_equals_one_step_per_learning_rate(tokenizer, spec):
+    """FT at several learning rates computes the context's gradient once: the same tensors, bit for bit, as one
+    full step per learning rate (kv: a subset with a masked fused projection)."""
+    model = make_gpt2(len(tokenizer), seed=8)
+    batch = context_batch(tokenizer, TRIPLETS[1], Format(), "cpu")
+    step = InnerStep(params=spec)
+    lrs = [0.1, 0.5, 2.0]
+    for lr, shared in zip(lrs, step.adapted_each(model, [batch], lrs), strict=True):
+        alone = step.with_lr(lr).adapted(model, [batch])
+        assert set(shared) == set(alone) and all(torch.equal(shared[n], alone[n]) for n in alone)
+

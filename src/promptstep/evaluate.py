@@ -15,7 +15,7 @@ from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.formats import Encoded, Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, normalize_answer, starts_with_answer
-from promptstep.updates import InnerStep, forward_takes, keeps_logits
+from promptstep.updates import InnerStep, forward_takes, keeps_logits, substituted_parameters
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
 # Metrics only some records carry, summarised over the records that have them (their count is `n_<metric>`):
@@ -291,18 +291,23 @@ def evaluate_finetuned(model, tokenizer, triplets: Sequence[Triplet], options: E
     """FT records: per triplet and learning rate, step on the context, then answer the query with the stepped
     weights.
 
-    The stepped weights stand in for the model's own while it answers (`InnerStep.applied`: nothing is copied in
-    or out), and with plain greedy decoding one forward of query + answer gives both the scores and the start of
-    the generation (`score_and_generate`); otherwise the answer is scored and generated as in NC / Prompt.
+    The stepped weights stand in for the model's own while it answers (`substituted_parameters`: nothing is
+    copied in or out), one step's gradient serves every learning rate (`InnerStep.adapted_each`), and with plain
+    greedy decoding one forward of query + answer gives both the scores and the start of the generation
+    (`score_and_generate`); otherwise the answer is scored and generated as in NC / Prompt.
     """
     device = next(model.parameters()).device
     fast = plain_greedy(model)
+    steps = options.ft_steps()
     records: list[dict] = []
     for triplet in tqdm(triplets, desc="eval ft", disable=not progress, unit="ex"):
         batch = context_batch(tokenizer, triplet, options.fmt, device)
         encoded = encode_pair(tokenizer, options.fmt.prefix(triplet, "ft"), triplet.answer, options.fmt.answer_prefix)
-        for label, step in options.ft_steps():
-            with step.applied(model, [batch]):
+        stepped = options.inner.adapted_each(model, [batch], [step.lr for _, step in steps])
+        for label, step in steps:
+            with record_function("FT step"):
+                adapted = next(stepped)
+            with substituted_parameters(model, adapted):
                 if fast:
                     (acc, nll), ids = score_and_generate(model, tokenizer, encoded, options.max_new_tokens)
                     record = _record(triplet, "ft", tokenizer.decode(ids, skip_special_tokens=True), acc, nll,

@@ -22,7 +22,8 @@ from torch.profiler import record_function
 from promptstep.errors import InputError
 
 ParamDict = dict[str, torch.Tensor]
-# (model, params, batch, create_graph) -> gradient of the rule's loss for every entry of params.
+# (model, params, batch, create_graph) -> gradient of the rule's loss for every entry of params, as new tensors (a
+# step without a graph turns them into the updated parameters in place).
 GradientFn = Callable[[torch.nn.Module, ParamDict, dict[str, torch.Tensor], bool], ParamDict]
 
 
@@ -235,6 +236,24 @@ class InnerStep:
             params = inner_step(model, params, batch, lr=self.lr, steps=self.steps, differentiable=False,
                                 gradients=gradients)
         return params
+
+    def adapted_each(self, model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]],
+                     lrs: Sequence[float]) -> Iterator[ParamDict]:
+        """`with_lr(lr).adapted(model, batches)` for each learning rate in turn, bit for bit; for one step on one
+        batch the gradient is computed once and shared (the update is then all that differs between them)."""
+        if self.steps != 1 or len(batches) != 1 or len(lrs) < 2:
+            for lr in lrs:
+                yield self.with_lr(lr).adapted(model, batches)
+            return
+        if min(lrs) < 0:
+            raise InputError(f"inner step needs lr >= 0 (got {min(lrs)})")
+        params = {n: p.detach().requires_grad_(True) for n, p in self.parameters(model).items()}
+        with torch.enable_grad():
+            grads = self.gradients(model)(model, params, batches[0], False)
+        grads = {n: g.detach() for n, g in grads.items()}
+        start = {n: p.detach() for n, p in params.items()}
+        for lr in lrs:
+            yield sgd_update(start, grads, lr)
 
     @contextmanager
     def applied(self, model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> Iterator[None]:

@@ -67,9 +67,8 @@ class MetaOptions:
     """Recompute each layer's activations during backward to save memory (exact: the recomputation uses the weights of
     the forward pass)."""
     teacher_targets: str = "cached"
-    """LC teacher targets: cached (the teacher's answer distributions computed once before training and read from disk:
-    no teacher forward per step and no teacher copy in memory while training; about 4 bytes x vocabulary per answer
-    token on disk) or live (the frozen teacher runs at every step)."""
+    """LC teacher targets: cached (computed once, read from disk, teacher copy freed; 4 bytes x vocab per answer token)
+    or live (the frozen teacher runs at every step)."""
 
     def inner(self):
         """The inner step being meta-trained for (also the FT step of this run's evaluations)."""
