@@ -3,6 +3,13 @@
     python benchmarks/meta_step.py --models tiny --batches 1,4,16 --out benchmarks/results.json
     python benchmarks/meta_step.py --models smollm2-135m --batches 1,4,16 --naive-max-batch 4 --out ...
 
+Memory allocator: with --malloc keep (default) every measuring process first calls
+promptstep.malloc.keep_freed_memory(), as the promptstep CLI does (glibc keeps freed blocks for reuse instead of
+faulting fresh pages in for every large tensor); --malloc default leaves glibc's defaults.
+
+LC teacher: with --teacher cached (default, what meta-train does) the teacher's answer distributions are prepared
+before the steps and the frozen copy is released; --teacher live runs the teacher at every step (as before).
+
 Modes (all on the same tokens: Character Description triplets, gold answer standing in for the teacher's
 greedy answer, full-parameter inner step of lr 1e-3, one example per inner step):
   promptstep   MetaTrainer.outer_step: exact second order, one example at a time, outer gradient accumulated
@@ -57,6 +64,12 @@ INNER_LR = 1e-3
 DEFINITIONS = {
     "step_s": "wall time of one whole outer step of the mode (time.perf_counter), after --warmup untimed steps; "
               "modes interleaved in rotating order within each round, one process per (model, batch)",
+    "cpu_s": "CPU time of the whole process (time.process_time: user + system, all threads) during the same step; "
+             "with --threads 1 it is the time the step kept a core busy, so it moves much less with the machine's "
+             "load than wall time (memory-bandwidth and cache contention still reach it)",
+    "cpu_ratios": "the ratios of cpu_s, round by round",
+    "teacher_resident": "whether the frozen LC teacher copy was still in memory during the measured steps (False "
+                        "with --teacher cached: the targets were prepared and the copy released)",
     "ratios": "per round, time of the first mode / time of the second in that same round; median, min, max over "
               "rounds; of_medians = ratio of the two modes' median times",
     "first_step_peak_extra_mb": "fresh process per (model, mode, batch): VmHWM after the first step (peak reset "
@@ -71,6 +84,37 @@ DEFINITIONS = {
     "busy": "load average (1 min) before the run > max_load1_before, or others + steal > max_others_cores before, "
             "after, or during any measured section of at least min_window_s",
 }
+
+
+def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """The --malloc option every benchmark script takes."""
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="glibc malloc in the measuring processes: keep freed memory for reuse, as the promptstep "
+                             "CLI does (promptstep.malloc), or glibc's default")
+
+
+def apply_malloc(choice: str) -> None:
+    """Set up the allocator as --malloc asks: 'keep' does what the promptstep CLI does before every command."""
+    if choice == "keep":
+        from promptstep.malloc import keep_freed_memory
+
+        keep_freed_memory()
+
+
+def write_results(results: dict, out: str, allow_busy: bool) -> Path:
+    """Write `results` as JSON to `out` or, if the machine was busy and busy figures were not asked for, beside it
+    as <stem>.busy.json; the path written."""
+    path = Path(out)
+    if results["busy"] and not allow_busy:
+        path = path.with_name(path.stem + ".busy.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def verdict(results: dict) -> str:
+    """The last line of a report: whether the machine was quiet."""
+    return "BUSY: " + "; ".join(results["busy_reasons"]) if results["busy"] else "quiet machine"
 
 
 def library() -> SimpleNamespace:
@@ -110,17 +154,23 @@ def _setup(model_spec: str, batch: int, threads: int):
     return torch, lib, model, tokenizer, examples
 
 
-def _steps(torch, lib, model, tokenizer, examples, modes) -> dict:
-    """One zero-argument callable per mode, each doing one whole outer step of that mode on `examples`."""
-    options = dict(objective="lc", inner_lr=INNER_LR, batch_size=len(examples))
+def _steps(torch, lib, model, tokenizer, examples, modes, teacher: str = "cached") -> tuple[dict, object]:
+    """One zero-argument callable per mode, each doing one whole outer step of that mode on `examples`, and the
+    main trainer. With teacher="cached" the teacher's targets are prepared first (as run_training does) and the
+    frozen teacher copy is released; "live" keeps it and runs it at every step."""
+    options = dict(objective="lc", inner_lr=INNER_LR, batch_size=len(examples), teacher_targets=teacher)
     trainer = lib.MetaTrainer(model, tokenizer, lib.MetaOptions(**options))
+    trainers = [trainer]
     steps = {}
     if "promptstep" in modes:
         steps["promptstep"] = lambda: trainer.outer_step(examples)
     if "first-order" in modes:
         first = lib.MetaTrainer(model, tokenizer, lib.MetaOptions(**options, first_order=True),
                                 teacher=trainer.teacher)
+        trainers.append(first)
         steps["first-order"] = lambda: first.outer_step(examples)
+    for each in trainers:  # a no-op for live targets
+        each.prepare_targets(examples, progress=False)
     if "naive" in modes:
         params = list(trainer.params.values())
         # The trainer's own per-example loss (inner step with graph, then the KL to the teacher), but every
@@ -148,38 +198,46 @@ def _steps(torch, lib, model, tokenizer, examples, modes) -> dict:
                 (loss + answer.sum() * 0).backward()
 
         steps["plain"] = plain
-    return steps
+    return steps, trainer
 
 
-def child_time(model_spec: str, batch: int, modes: list[str], repeats: int, warmup: int, threads: int) -> dict:
+def child_time(model_spec: str, batch: int, modes: list[str], repeats: int, warmup: int, threads: int,
+               teacher: str = "cached") -> dict:
     """Side-by-side timing of `modes` in this process: warm-up, then `repeats` rotating rounds."""
     torch, lib, model, tokenizer, examples = _setup(model_spec, batch, threads)
-    steps = _steps(torch, lib, model, tokenizer, examples, modes)
+    steps, trainer = _steps(torch, lib, model, tokenizer, examples, modes, teacher)
     for _ in range(warmup):
         for mode in modes:
             steps[mode]()
     watch = loadwatch.LoadWatch()
     times: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu: dict[str, list[float]] = {mode: [] for mode in modes}
     rounds = []
     load_before, start = loadwatch.loadavg(), watch.sample()
     for r in range(repeats):
         order = modes[r % len(modes) :] + modes[: r % len(modes)]
-        first, round_times = watch.sample(), {}
+        first, round_times, round_cpu = watch.sample(), {}, {}
         for mode in order:
             gc.collect()
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             steps[mode]()
             round_times[mode] = time.perf_counter() - began
+            round_cpu[mode] = time.process_time() - began_cpu
             times[mode].append(round_times[mode])
+            cpu[mode].append(round_cpu[mode])
         rounds.append({"order": order, "times_s": {m: round(t, 5) for m, t in round_times.items()},
+                       "cpu_s": {m: round(t, 5) for m, t in round_cpu.items()},
                        **watch.between(first, watch.sample())})
     load = {"loadavg_before": load_before, "loadavg_after": loadwatch.loadavg(), **watch.between(start, watch.sample())}
-    result = {"kind": "time", "model": model_spec, "batch": batch,
+    result = {"kind": "time", "model": model_spec, "batch": batch, "teacher": teacher,
+              "teacher_resident": trainer.teacher is not None,
               "context_tokens": [len(e.context_ids) for e in examples],
               "student_tokens": [len(e.student_ids) for e in examples], "modes": {}, "ratios": {}, "load": load,
               "rounds": rounds, "versions": versions(torch)}
+    result["cpu_ratios"] = {}
     for mode in modes:
-        result["modes"][mode] = {**loadwatch.spread(times[mode], 5), "times_s": [round(t, 5) for t in times[mode]]}
+        result["modes"][mode] = {**loadwatch.spread(times[mode], 5), "times_s": [round(t, 5) for t in times[mode]],
+                                 "cpu_s": loadwatch.spread(cpu[mode], 5)}
     pairs = [(m, "plain") for m in modes if m != "plain" and "plain" in modes]
     if "promptstep" in modes and "naive" in modes:
         pairs.append(("promptstep", "naive"))
@@ -187,16 +245,21 @@ def child_time(model_spec: str, batch: int, modes: list[str], repeats: int, warm
         per_round = [a / b for a, b in zip(times[num], times[den])]
         medians = result["modes"][num]["median"] / result["modes"][den]["median"]
         result["ratios"][f"{num}/{den}"] = {**loadwatch.spread(per_round, 3), "of_medians": round(medians, 3)}
+        per_round_cpu = [a / b for a, b in zip(cpu[num], cpu[den])]
+        result["cpu_ratios"][f"{num}/{den}"] = loadwatch.spread(per_round_cpu, 3)
     return result
 
 
-def child_memory(model_spec: str, batch: int, mode: str, threads: int) -> dict:
+def child_memory(model_spec: str, batch: int, mode: str, threads: int, teacher: str = "cached") -> dict:
     """Peak RSS growth of a first and a second `mode` step in this fresh process (see the module docstring)."""
     torch, lib, model, tokenizer, examples = _setup(model_spec, batch, threads)
-    step = _steps(torch, lib, model, tokenizer, examples, [mode])[mode]
+    steps, trainer = _steps(torch, lib, model, tokenizer, examples, [mode], teacher)
+    step = steps[mode]
     load_peak = loadwatch.peak_mb()
+    gc.collect()
     watch = loadwatch.LoadWatch()
-    out = {"kind": "memory", "model": model_spec, "mode": mode, "batch": batch, "load_peak_mb": load_peak}
+    out = {"kind": "memory", "model": model_spec, "mode": mode, "batch": batch, "teacher": teacher,
+           "teacher_resident": trainer.teacher is not None, "load_peak_mb": load_peak}
     start = watch.sample()
     for name in ("first_step", "steady_step"):
         gc.collect()
@@ -253,7 +316,8 @@ def _cells(args) -> tuple[list[dict], list[dict]]:
                 modes.append(mode)
             if not modes:
                 continue
-            common = {"model": model, "batch": batch, "threads": args.threads}
+            common = {"model": model, "batch": batch, "threads": args.threads, "teacher": args.teacher,
+                      "malloc": args.malloc}
             timing.append({"kind": "time", **common, "modes": modes, "repeats": args.repeats, "warmup": args.warmup})
             memory += [{"kind": "memory", **common, "mode": mode} for mode in modes if mode in memory_modes]
     return timing, memory
@@ -285,10 +349,13 @@ def _markdown(results: dict) -> str:
     lines.append("\nRatios, round by round (median [min-max, n]):")
     for row in results["timing"]:
         for pair, stats in row.get("ratios", {}).items():
-            lines.append(f"* {row['model']} batch {row['batch']}: {pair} = {stats['median']:.2f}x "
-                         f"[{stats['min']:.2f}-{stats['max']:.2f}, n={stats['n']}]")
-    verdict = "BUSY: " + "; ".join(results["busy_reasons"]) if results["busy"] else "quiet machine"
-    return "\n".join(lines) + f"\n\n{verdict}\n"
+            line = (f"* {row['model']} batch {row['batch']}: {pair} = {stats['median']:.2f}x "
+                    f"[{stats['min']:.2f}-{stats['max']:.2f}, n={stats['n']}]")
+            cpu = row.get("cpu_ratios", {}).get(pair)
+            if cpu:
+                line += f"; CPU time {cpu['median']:.2f}x [{cpu['min']:.2f}-{cpu['max']:.2f}]"
+            lines.append(line)
+    return "\n".join(lines) + f"\n\n{verdict(results)}\n"
 
 
 def main() -> int:
@@ -302,6 +369,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per (model, batch)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each mode before the rounds")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--teacher", choices=("cached", "live"), default="cached",
+                        help="LC teacher targets: cached (prepared before the steps, teacher copy released, as "
+                             "meta-train does) or live (the frozen teacher runs at every step)")
+    add_malloc_argument(parser)
     parser.add_argument("--memory-modes", default="all",
                         help="modes that also get fresh-process memory cells: all, none, or a comma list")
     parser.add_argument("--out", default="benchmarks/results.json")
@@ -315,11 +386,13 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(args.child)
+        apply_malloc(spec.get("malloc", "keep"))
         if spec["kind"] == "time":
             row = child_time(spec["model"], spec["batch"], spec["modes"], spec["repeats"], spec["warmup"],
-                             spec["threads"])
+                             spec["threads"], spec.get("teacher", "cached"))
         else:
-            row = child_memory(spec["model"], spec["batch"], spec["mode"], spec["threads"])
+            row = child_memory(spec["model"], spec["batch"], spec["mode"], spec["threads"],
+                               spec.get("teacher", "cached"))
         print(json.dumps(row))
         return 0
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
@@ -344,7 +417,9 @@ def main() -> int:
                                     "min_window_s": MIN_WINDOW_S},
                      "machine": loadwatch.machine(),
                      "code": {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain"))},
-                     "settings": {"objective": "lc", "inner_lr": INNER_LR, "repeats": args.repeats,
+                     "settings": {"objective": "lc", "inner_lr": INNER_LR, "teacher": args.teacher,
+                                  "malloc": args.malloc,
+                                  "repeats": args.repeats,
                                   "warmup": args.warmup, "threads": args.threads, "modes": args.modes.split(","),
                                   "side_batches": args.side_batches, "naive_max_batch": args.naive_max_batch,
                                   "memory_modes": args.memory_modes},
@@ -367,11 +442,7 @@ def main() -> int:
                                                      args.max_others_cores)
     results["busy"] = bool(results["busy_reasons"])
     errors = [r for r in results["timing"] + results["memory"] if "error" in r]
-    out = Path(args.out)
-    if results["busy"] and not args.allow_busy:
-        out = out.with_name(out.stem + ".busy.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    out = write_results(results, args.out, args.allow_busy)
     print(_markdown(results))
     print(f"wrote {out}")
     if errors:

@@ -4,8 +4,9 @@
 
 Profiles, after `--warmup` unprofiled runs of each: (1) MetaTrainer.outer_step on `--batch` Character
 Description examples (LC objective, second order, gold answer standing in for the teacher's answer, as in
-meta_step.py), and (2) evaluate_finetuned on one triplet (inner step on the context, greedy answer, scoring,
-weight restore). For each it reports, from the profiler's CPU events of this thread:
+meta_step.py; with --teacher cached, the default, the teacher's targets are prepared first and its copy released,
+as meta-train does), and (2) evaluate_finetuned on one triplet (inner step on the context, then scoring and the
+greedy answer with the stepped weights). For each it reports, from the profiler's CPU events of this thread:
 
   * categories (matmul, attention, softmax, loss, normalization, activation, embedding/indexing, elementwise,
     reduction, copy/alloc, views, optimizer, autograd bookkeeping, other): summed *self* CPU time (time inside
@@ -208,8 +209,10 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def markdown(report: dict) -> str:
     v, m = report["versions"], report["machine"]
-    lines = [f"# Profile: {report['model']}, LC meta-step (batch {report['batch']}) and one FT example", "",
-             f"{m['cpu_model']}, {v['threads']} threads, torch {v['torch']}, transformers {v['transformers']}; "
+    lines = [f"# Profile: {report['model']}, LC meta-step (batch {report['batch']}, teacher targets "
+             f"{report.get('teacher', 'live')}) and one FT example", "",
+             f"{m['cpu_model']}, {v['threads']} threads, torch {v['torch']}, transformers {v['transformers']}, "
+             f"malloc {report.get('malloc', 'default')}; "
              f"load before: load average {report['load_before']['loadavg']}, other processes "
              f"{report['load_before']['others_cores']} cores" + (" — **BUSY**: " + "; ".join(report["busy_reasons"])
                                                                    if report["busy"] else " (quiet)"), ""]
@@ -252,17 +255,22 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--top", type=int, default=15, help="operators listed per table")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="FT example: greedy answer length cap")
+    parser.add_argument("--teacher", choices=("cached", "live"), default="cached",
+                        help="LC teacher targets: cached (prepared before, teacher copy released) or live")
+    meta_step.add_malloc_argument(parser)
     parser.add_argument("--probe-s", type=float, default=2.0)
     parser.add_argument("--out", required=True, help="markdown report; the JSON goes to the same path with .json")
     parser.add_argument("--json", help="JSON path (default: --out with the suffix .json)")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1 or args.warmup < 0:
         parser.error("need --batch >= 1, --threads >= 1, --warmup >= 0")
+    meta_step.apply_malloc(args.malloc)
     watch = loadwatch.LoadWatch()
     before = watch.probe(args.probe_s)
     torch, lib, model, tokenizer, examples = meta_step._setup(args.model, args.batch, args.threads)
     trainer = lib.MetaTrainer(model, tokenizer, lib.MetaOptions(objective="lc", inner_lr=meta_step.INNER_LR,
-                                                                batch_size=args.batch))
+                                                                batch_size=args.batch, teacher_targets=args.teacher))
+    trainer.prepare_targets(examples, progress=False)  # cached: targets on disk, teacher copy released
     _, test, _ = lib.generate("character", n_train=1, n_test=1, seed=0)
     from promptstep.evaluate import EvalOptions, evaluate_finetuned
 
@@ -271,14 +279,17 @@ def main() -> int:
     sections = [
         {"title": f"LC meta-step: MetaTrainer.outer_step, batch {args.batch}",
          **measure("meta_step", lambda: trainer.outer_step(examples), args.warmup, args.top)},
-        {"title": "FT evaluation of one triplet: evaluate_finetuned (step, generation, scoring, restore)",
+        {"title": "FT evaluation of one triplet: evaluate_finetuned (step, then scoring and generation with the "
+                  "stepped weights)",
          **measure("ft_example", lambda: evaluate_finetuned(model, tokenizer, test[:1], eval_options,
                                                             progress=False), args.warmup, args.top)},
     ]
     reasons = loadwatch.busy_reasons(before, [{**s["load"], "label": s["name"]} for s in sections
                                               if s["load"]["window_s"] >= meta_step.MIN_WINDOW_S],
                                      loadwatch.MAX_LOAD1, loadwatch.MAX_OTHERS_CORES)
-    report = {"schema": SCHEMA, "model": args.model, "batch": args.batch, "machine": loadwatch.machine(),
+    report = {"schema": SCHEMA, "model": args.model, "batch": args.batch, "teacher": args.teacher,
+              "malloc": args.malloc,
+              "teacher_resident": trainer.teacher is not None, "machine": loadwatch.machine(),
               "versions": meta_step.versions(torch), "load_before": before, "busy": bool(reasons),
               "busy_reasons": reasons, "context_tokens": [len(e.context_ids) for e in examples],
               "sections": sections}

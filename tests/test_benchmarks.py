@@ -69,6 +69,9 @@ def test_meta_step_runs_every_mode_and_records_the_load(tmp_path):
         assert all(_finite(stats[k]) and stats[k] > 0 for k in ("median", "min", "max"))
         assert stats["min"] <= stats["median"] <= stats["max"]
     assert set(timing["ratios"]) == {"promptstep/plain", "naive/plain", "first-order/plain", "promptstep/naive"}
+    assert set(timing["cpu_ratios"]) == set(timing["ratios"])
+    assert timing["teacher"] == "cached" and timing["teacher_resident"] is False  # targets prepared, copy released
+    assert results["settings"]["malloc"] == "keep"
     for ratio in timing["ratios"].values():
         assert ratio["n"] == 2 and all(_finite(ratio[k]) and ratio[k] > 0 for k in ("median", "min", "max",
                                                                                      "of_medians"))
@@ -87,7 +90,7 @@ def test_meta_step_memory_cell_reports_the_peak_of_each_step():
             cell = meta_step.child_memory("tiny", 2, "naive", 1)
     finally:
         torch.set_num_threads(threads)
-    assert cell["mode"] == "naive" and cell["batch"] == 2
+    assert cell["mode"] == "naive" and cell["batch"] == 2 and cell["teacher_resident"] is False
     for key in ("rss_after_load_mb", "first_step_peak_mb", "steady_step_peak_mb", "process_peak_mb",
                 "first_step_s", "steady_step_s"):
         assert _finite(cell[key]) and cell[key] > 0, (key, cell)
@@ -178,4 +181,21 @@ def test_profile_analysis_picks_up_record_function_labels():
     assert profile_step.category("aten::native_layer_norm_backward") == "normalization"
     assert profile_step.category("aten::embedding_dense_backward") == "embedding/indexing"
     assert profile_step.category("autograd::engine::evaluate_function: MmBackward0") == "autograd bookkeeping"
+
+
+def test_ft_eval_times_both_paths_and_finds_the_same_records(tmp_path):
+    out = tmp_path / "ft.json"
+    proc = _run("ft_eval.py", "--model", "tiny", "--n", "2", "--warmup", "1", "--lr", "0.5", "--max-new-tokens", "4",
+                "--threads", "1", "--probe-s", "0.1", "--allow-busy", "--out", str(out))
+    assert "Records identical (tok_acc, NLL to 1e-5 relative): yes" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["schema"].startswith("promptstep-benchmark/ft_eval/") and result["identical_records"] is True
+    assert result["n"] == 2 and len(result["items"]) == 2 and result["malloc"] == "keep"
+    assert [row["order"][0] for row in result["items"]] == ["library", "reference"]  # the order alternates
+    for path in ("library", "reference"):
+        for clock in ("wall_s", "cpu_s"):
+            stats = result["summary"][path][clock]
+            assert stats["n"] == 2 and all(_finite(stats[k]) and stats[k] > 0 for k in ("mean", "median"))
+    assert _finite(result["summary"]["speedup_wall"]["of_totals"])
+    _check_load(result["load"])
 

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "promptstep"
 
 # Lowest first. A module belongs to the first layer whose prefixes match its dotted name (without "promptstep.").
 LAYERS = [
-    ("plumbing", ("errors", "files", "config", "runs", "checkpoints", "distributed", "precision", "tracking")),
+    ("plumbing", ("errors", "files", "config", "runs", "checkpoints", "distributed", "precision", "tracking",
+                  "malloc")),
     ("model & data", ("model_specs", "models", "anatomy", "tiny", "data")),
     ("core", ("formats", "metrics", "rules", "updates", "evaluate", "prepare", "documents")),
     ("methods", ("meta", "experiments", "analysis", "inject")),

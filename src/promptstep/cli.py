@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from promptstep.config import build_config, field_docs, option_docs
 from promptstep.errors import InputError, TrainingStopped
+from promptstep.malloc import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             if command.positional and getattr(args, command.positional):
                 overrides[command.positional] = getattr(args, command.positional)
             config = build_config(config_class, args.config, overrides)
+            keep_freed_memory()  # glibc: reuse freed tensor memory instead of faulting it in again (promptstep.malloc)
             run(config)
     except InputError as err:
         print(one_line(f"{prefix} error: {err}"), file=sys.stderr)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -24,7 +25,7 @@ from promptstep.formats import (
 )
 from promptstep.metrics import exact_match, f1_score, first_line, mean_se, normalize_answer, starts_with_answer
 from promptstep.models import max_length
-from promptstep.updates import InnerStep
+from promptstep.updates import InnerStep, forward_takes, keeps_logits, substituted_parameters
 
 METRICS = ("em", "starts", "f1", "tok_acc", "nll")
 # Metrics only some records carry, summarised over the records that have them (their count is `n_<metric>`):
@@ -96,17 +97,35 @@ def special_token_sets(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     return cached
 
 
+class AnswerEnd:
+    """Token by token: True at the token that ends a generated answer (EOS, or the first newline token after
+    non-blank text; newlines before any text do not end it)."""
+
+    def __init__(self, newline_ids: set[int], blank_ids: set[int], eos_ids: set[int]) -> None:
+        self.newline_ids, self.blank_ids, self.eos_ids = newline_ids, blank_ids, eos_ids
+        self.started = False
+
+    def __call__(self, token: int) -> bool:
+        if token in self.eos_ids or (token in self.newline_ids and (self.started or token not in self.blank_ids)):
+            return True
+        self.started = self.started or token not in self.blank_ids
+        return False
+
+
 def cut_at_answer_end(ids: Sequence[int], newline_ids: set[int], blank_ids: set[int], eos_ids: set[int]
                       ) -> list[int]:
     """`ids` up to and including EOS or the first newline token after non-blank text (the generation's end)."""
     out: list[int] = []
-    started = False
+    ended = AnswerEnd(newline_ids, blank_ids, eos_ids)
     for token in ids:
         out.append(token)
-        if token in eos_ids or (token in newline_ids and (started or token not in blank_ids)):
+        if ended(token):
             break
-        started = started or token not in blank_ids
     return out
+
+
+def _token_ids(value) -> set[int]:
+    return set(value if isinstance(value, list) else [value] if value is not None else [])
 
 
 @torch.no_grad()
@@ -130,10 +149,97 @@ def greedy_continuations(model, tokenizer, prefixes: Sequence[list[int]], max_ne
         stopping_criteria=StoppingCriteriaList([StopAfterAnswerLine(tokenizer)]),
     )
     newline_ids, blank_ids = (set(ids.tolist()) for ids in special_token_sets(tokenizer))
-    eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids = _token_ids(tokenizer.eos_token_id)
     return [cut_at_answer_end(row, newline_ids, blank_ids, eos_ids)
             for row in out[:, batch["input_ids"].shape[1] :].tolist()]
+
+
+# Generation-config fields that make `generate` differ from plain greedy decoding, with their neutral values.
+_GREEDY_NEUTRAL = {
+    "num_beams": (None, 1), "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "min_length": (None, 0),
+    "min_new_tokens": (None, 0), "forced_bos_token_id": (None,), "forced_eos_token_id": (None,),
+    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "sequence_bias": (None,),
+    "exponential_decay_length_penalty": (None,), "renormalize_logits": (None, False), "guidance_scale": (None, 1.0),
+    "stop_strings": (None,), "penalty_alpha": (None,), "dola_layers": (None,), "watermarking_config": (None,),
+    "remove_invalid_values": (None, False), "prompt_lookup_num_tokens": (None,), "token_healing": (None, False),
+}
+
+
+def plain_greedy(model) -> bool:
+    """Whether `generate(do_sample=False)` is plain greedy decoding for this model: its generation config asks for
+    no beams, penalties, forced, suppressed or biased tokens, minimum length or stop strings (what
+    `score_and_generate` reproduces)."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return False
+    return all(getattr(config, key, None) in neutral for key, neutral in _GREEDY_NEUTRAL.items())
+
+
+def _keep_first(cache, length: int) -> bool:
+    """Cut a key/value cache back to its first `length` positions; False if this cache cannot be cut."""
+    try:
+        extra = cache.get_seq_length() - length
+        if extra:
+            cache.crop(-extra)  # a negative count removes that many positions from the end
+        return cache.get_seq_length() == length
+    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError):
+        return False
+
+
+@torch.no_grad()
+def score_and_generate(model, tokenizer, encoded: Encoded, max_new_tokens: int
+                       ) -> tuple[tuple[float, float], list[int]]:
+    """Teacher-forced (token accuracy, mean NLL per token) of the answer after its prefix, and the greedy
+    continuation ids of the prefix (cut as `greedy_continuations` cuts them), from one forward of prefix + answer.
+
+    Greedy decoding with the answer as its draft: that forward's predictions at the answer positions are the
+    greedy tokens for as long as they agree with the answer, and the prediction at the first disagreement (or
+    after the whole answer) is the next one; only beyond it does decoding go on, one token at a time from the
+    forward's key/value cache cut back to the agreed tokens. A model that answers correctly is scored and
+    generated in a single forward. The same tokens as `generate` for models with `plain_greedy` decoding, up to
+    exact ties in floating point (the forwards differ in shape; they are tested equal to the reference path).
+    """
+    device = next(model.parameters()).device
+    prefix, answer = list(encoded.prefix_ids), list(encoded.answer_ids)
+    n = len(answer)
+    inputs = {"input_ids": torch.tensor([prefix + answer], device=device), "use_cache": True}
+    if keeps_logits(model):
+        inputs["logits_to_keep"] = n + 1
+    with record_function("scoring"):
+        out = model(**inputs)
+        logits = out.logits[0, -n - 1 :].float()  # the positions predicting answer[0], ..., answer[n-1], and after
+        target = torch.tensor(answer, device=logits.device)
+        logp = torch.log_softmax(logits[:n], dim=-1)
+        nll = -logp.gather(1, target[:, None]).mean().item()
+        acc = (logp.argmax(-1) == target).float().mean().item()
+        greedy = logits.argmax(-1).tolist()
+    with record_function("generation"):
+        newline_ids, blank_ids = (set(ids.tolist()) for ids in special_token_sets(tokenizer))
+        eos_ids = _token_ids(tokenizer.eos_token_id) | _token_ids(getattr(model.generation_config, "eos_token_id",
+                                                                          None))
+        ended = AnswerEnd(newline_ids, blank_ids, eos_ids)
+        agreed = 0
+        while agreed < n and greedy[agreed] == answer[agreed]:
+            agreed += 1
+        generated: list[int] = []
+        for token in answer[:agreed] + [greedy[agreed]]:
+            generated.append(token)
+            if ended(token) or len(generated) >= max_new_tokens:
+                return (acc, nll), generated
+        name = "cache" if forward_takes(model, "cache") else "past_key_values"  # transformers >= 5.24 | before
+        step = {"use_cache": True, **({"logits_to_keep": 1} if keeps_logits(model) else {})}
+        cache = getattr(out, name)
+        if not _keep_first(cache, len(prefix) + agreed):  # recompute the cache of the tokens so far
+            ids = torch.tensor([prefix + generated[:-1]], device=device)
+            cache = getattr(model(input_ids=ids, **step), name)
+        while True:
+            out = model(input_ids=torch.tensor([[generated[-1]]], device=device), **{name: cache}, **step)
+            token = int(out.logits[0, -1].float().argmax())
+            generated.append(token)
+            if ended(token) or len(generated) >= max_new_tokens:
+                return (acc, nll), generated
+            cache = getattr(out, name)
 
 
 def generate_answers(model, tokenizer, prefixes: Sequence[list[int]], max_new_tokens: int) -> list[str]:
@@ -167,8 +273,10 @@ def _record(triplet: Triplet, setting: str, generation: str, acc: float, nll: fl
 def _answer_with_current_weights(model, tokenizer, triplets, setting, options) -> list[dict]:
     encoded = [encode_pair(tokenizer, options.fmt.prefix(t, setting), t.answer, options.fmt.answer_prefix)
                for t in triplets]
-    scores = score_answers(model, encoded, tokenizer.pad_token_id)
-    generations = generate_answers(model, tokenizer, [e.prefix_ids for e in encoded], options.max_new_tokens)
+    with record_function("scoring"):
+        scores = score_answers(model, encoded, tokenizer.pad_token_id)
+    with record_function("generation"):
+        generations = generate_answers(model, tokenizer, [e.prefix_ids for e in encoded], options.max_new_tokens)
     return [
         _record(t, setting, g, acc, nll, len(e.answer_ids))
         for t, e, g, (acc, nll) in zip(triplets, encoded, generations, scores)
@@ -194,14 +302,32 @@ def context_batch(tokenizer, triplet: Triplet, fmt: Format, device: torch.device
 
 def evaluate_finetuned(model, tokenizer, triplets: Sequence[Triplet], options: EvalOptions,
                        progress: bool = True) -> list[dict]:
-    """FT records: per triplet and learning rate, step on the context, answer the query, restore weights."""
+    """FT records: per triplet and learning rate, step on the context, then answer the query with the stepped
+    weights.
+
+    The stepped weights stand in for the model's own while it answers (`substituted_parameters`: nothing is
+    copied in or out), one step's gradient serves every learning rate (`InnerStep.adapted_each`), and with plain
+    greedy decoding one forward of query + answer gives both the scores and the start of the generation
+    (`score_and_generate`); otherwise the answer is scored and generated as in NC / Prompt.
+    """
     device = next(model.parameters()).device
+    fast = plain_greedy(model)
+    steps = options.ft_steps()
     records: list[dict] = []
     for triplet in tqdm(triplets, desc="eval ft", disable=not progress, unit="ex"):
         batch = context_batch(tokenizer, triplet, options.fmt, device)
-        for label, step in options.ft_steps():
-            with step.applied(model, [batch]):
-                (record,) = _answer_with_current_weights(model, tokenizer, [triplet], "ft", options)
+        encoded = encode_pair(tokenizer, options.fmt.prefix(triplet, "ft"), triplet.answer, options.fmt.answer_prefix)
+        stepped = options.inner.adapted_each(model, [batch], [step.lr for _, step in steps])
+        for label, step in steps:
+            with record_function("FT step"):
+                adapted = next(stepped)
+            with substituted_parameters(model, adapted):
+                if fast:
+                    (acc, nll), ids = score_and_generate(model, tokenizer, encoded, options.max_new_tokens)
+                    record = _record(triplet, "ft", tokenizer.decode(ids, skip_special_tokens=True), acc, nll,
+                                     len(encoded.answer_ids))
+                else:
+                    (record,) = _answer_with_current_weights(model, tokenizer, [triplet], "ft", options)
             record["setting"] = label
             record["lr"] = step.lr
             records.append(record)

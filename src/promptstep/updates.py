@@ -8,6 +8,7 @@ the analysis instruments and injection. A rule is a module of `promptstep.rules`
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,11 +16,14 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module
+from torch.profiler import record_function
 
 from promptstep.errors import InputError
 
 ParamDict = dict[str, torch.Tensor]
-# (model, params, batch, create_graph) -> gradient of the rule's loss for every entry of params.
+# (model, params, batch, create_graph) -> gradient of the rule's loss for every entry of params, as new tensors (a
+# step without a graph turns them into the updated parameters in place).
 GradientFn = Callable[[torch.nn.Module, ParamDict, dict[str, torch.Tensor], bool], ParamDict]
 
 
@@ -77,6 +81,27 @@ def masked(gradients: GradientFn, masks: dict[str, torch.Tensor]) -> GradientFn:
     return apply
 
 
+def forward_takes(model: torch.nn.Module, argument: str) -> bool:
+    """Whether the model's forward (for a PEFT model, the wrapped model's) has a parameter named `argument`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    key = (type(base), argument)
+    if key not in _FORWARD_TAKES:
+        try:
+            _FORWARD_TAKES[key] = argument in inspect.signature(base.forward).parameters
+        except (TypeError, ValueError):
+            _FORWARD_TAKES[key] = False
+    return _FORWARD_TAKES[key]
+
+
+_FORWARD_TAKES: dict[tuple[type, str], bool] = {}
+
+
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs: the LM head runs only at the
+    last positions asked for, which saves its vocab-sized matmul and logits at every other position)."""
+    return forward_takes(model, "logits_to_keep")
+
+
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
     """Upcast half-precision values to fp32; keep fp32 and fp64 as they are."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
@@ -91,9 +116,16 @@ def lm_loss(model: torch.nn.Module, params: ParamDict, batch: dict[str, torch.Te
     )
 
 
-def sgd_update(params: ParamDict, grads: ParamDict, lr: float) -> ParamDict:
-    """theta - lr * grad for every entry."""
-    return {name: p - lr * grads[name] for name, p in params.items()}
+def sgd_update(params: ParamDict, grads: ParamDict, lr: float, own_grads: bool = False) -> ParamDict:
+    """theta - lr * grad for every entry.
+
+    Computed as (grad * -lr) + theta, which rounds to the same floats as theta - lr * grad but allocates one
+    model-sized tensor instead of two (none with `own_grads`: the gradients, which no graph holds, are overwritten
+    in place), and through a graph its backward needs no negation.
+    """
+    if own_grads:
+        return {name: grads[name].mul_(-lr).add_(p) for name, p in params.items()}
+    return {name: (grads[name] * -lr).add_(p) for name, p in params.items()}
 
 
 
@@ -127,9 +159,10 @@ def inner_step(
     for _ in range(steps):
         with torch.enable_grad():
             grads = gradients(model, params, batch, differentiable and not first_order)
-        if not differentiable or first_order:
+        constant = not differentiable or first_order
+        if constant:
             grads = {n: g.detach() for n, g in grads.items()}
-        params = sgd_update(params, grads, lr)
+        params = sgd_update(params, grads, lr, own_grads=constant)
         if not differentiable:
             params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
     return {n: p.detach() for n, p in params.items()} if not differentiable else params
@@ -139,16 +172,29 @@ def inner_step(
 def swapped_parameters(model: torch.nn.Module, values: ParamDict) -> Iterator[None]:
     """Temporarily copy `values` into the model's parameters; restore the originals bit-exactly on exit."""
     named = dict(model.named_parameters())
-    saved = {name: named[name].detach().clone() for name in values}
+    with record_function("weight swap in"):
+        saved = {name: named[name].detach().clone() for name in values}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("weight swap in"):
             for name, value in values.items():
                 named[name].copy_(value)
         yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), record_function("weight restore"):
             for name, value in saved.items():
                 named[name].copy_(value)
+
+
+@contextmanager
+def substituted_parameters(model: torch.nn.Module, values: ParamDict) -> Iterator[None]:
+    """Within the block the model computes with `values` in place of its parameters of those names (tied weights
+    follow; each value requires grad as the parameter it replaces does). Nothing is copied and the model's own
+    tensors are never written, so on exit it is exactly as before."""
+    named = dict(model.named_parameters())
+    values = {name: value.requires_grad_(named[name].requires_grad) if value.is_leaf else value
+              for name, value in values.items()}
+    with _reparametrize_module(model, values, tie_weights=True, strict=False):
+        yield
 
 
 @dataclass(frozen=True)
@@ -191,10 +237,31 @@ class InnerStep:
                                 gradients=gradients)
         return params
 
+    def adapted_each(self, model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]],
+                     lrs: Sequence[float]) -> Iterator[ParamDict]:
+        """`with_lr(lr).adapted(model, batches)` for each learning rate in turn, bit for bit; for one step on one
+        batch the gradient is computed once and shared (the update is then all that differs between them)."""
+        if self.steps != 1 or len(batches) != 1 or len(lrs) < 2:
+            for lr in lrs:
+                yield self.with_lr(lr).adapted(model, batches)
+            return
+        if min(lrs) < 0:
+            raise InputError(f"inner step needs lr >= 0 (got {min(lrs)})")
+        params = {n: p.detach().requires_grad_(True) for n, p in self.parameters(model).items()}
+        with torch.enable_grad():
+            grads = self.gradients(model)(model, params, batches[0], False)
+        grads = {n: g.detach() for n, g in grads.items()}
+        start = {n: p.detach() for n, p in params.items()}
+        for lr in lrs:
+            yield sgd_update(start, grads, lr)
+
     @contextmanager
     def applied(self, model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> Iterator[None]:
-        """Within the block the model answers with the weights after this step on `batches`; on exit they are
-        restored bit-exactly (take a step, answer, restore)."""
-        with swapped_parameters(model, self.adapted(model, batches)):
+        """Within the block the model answers with the weights after this step on `batches`; on exit it is exactly
+        as before (take a step, answer, restore). The stepped tensors are substituted for the model's
+        (`substituted_parameters`), not copied into them and back."""
+        with record_function("FT step"):
+            adapted = self.adapted(model, batches)
+        with substituted_parameters(model, adapted):
             yield
 

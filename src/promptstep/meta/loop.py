@@ -54,6 +54,9 @@ def run_training(trainer: MetaTrainer, batches: Sequence[Sequence[MetaExample]],
     `wall_s` (and each log row's `elapsed_s`) counts the training time of every segment of a resumed run: a
     checkpoint records the time trained up to it, and training resumes from there."""
     start_step = trainer.step_count
+    # LC with cached targets: the teacher's answer distributions of this process's remaining examples go to disk
+    # once, and the frozen teacher copy leaves memory before the first step.
+    trainer.prepare_targets([e for batch in batches[start_step:] for e in trainer.my_share(batch)], progress)
     log_file = (out / "train_log.jsonl").open("a", encoding="utf-8") if out else None
     last_eval: dict = {}
     began = time.time() - trainer.trained_s

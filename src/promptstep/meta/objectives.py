@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.profiler import record_function
 
 from promptstep.data.triplets import Triplet
 from promptstep.formats import Format, encode_pair, encode_text, lm_batch, to_device
-from promptstep.updates import ParamDict, at_least_fp32
+from promptstep.updates import ParamDict, at_least_fp32, keeps_logits
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,15 @@ def build_example(tokenizer, triplet: Triplet, fmt: Format, answer_ids: Sequence
 
 def answer_logprobs(model: torch.nn.Module, params: ParamDict | None, ids: Sequence[int], n_answer: int
                     ) -> torch.Tensor:
-    """Log-probabilities (n_answer, vocab), fp32, at the positions that predict the last `n_answer` tokens."""
+    """Log-probabilities (n_answer, vocab), fp32, at the positions that predict the last `n_answer` tokens.
+
+    The LM head runs only at the last n_answer + 1 positions where the model allows it (`keeps_logits`).
+    """
     device = next(model.parameters()).device
-    input_ids = torch.tensor([list(ids)], device=device)
-    if params is None:
-        logits = model(input_ids=input_ids, use_cache=False).logits
-    else:
-        logits = functional_call(model, params, args=(), kwargs={"input_ids": input_ids, "use_cache": False}).logits
+    inputs = {"input_ids": torch.tensor([list(ids)], device=device), "use_cache": False}
+    if keeps_logits(model):
+        inputs["logits_to_keep"] = n_answer + 1
+    logits = (model(**inputs) if params is None else functional_call(model, params, args=(), kwargs=inputs)).logits
     return torch.log_softmax(at_least_fp32(logits[0, -n_answer - 1 : -1]), dim=-1)
 
 
@@ -106,7 +109,9 @@ class Conditioning(Objective):
         return [build_example(trainer.tokenizer, t, trainer.fmt, answers[t.id]) for t in triplets if answers[t.id]]
 
     def loss(self, trainer, student_logp, example):
-        return forward_kl(trainer.teacher_logprobs(example.teacher_ids, example.n_answer), student_logp)
+        teacher_logp = trainer.teacher_logprobs(example.teacher_ids, example.n_answer)
+        with record_function("KL / target loss"):
+            return forward_kl(teacher_logp, student_logp)
 
 
 class GoldLabels(Objective):
@@ -118,7 +123,8 @@ class GoldLabels(Objective):
         return [build_example(trainer.tokenizer, t, trainer.fmt) for t in triplets]
 
     def loss(self, trainer, student_logp, example):
-        return gold_nll(student_logp, example.answer_ids)
+        with record_function("KL / target loss"):
+            return gold_nll(student_logp, example.answer_ids)
 
 
 OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (Conditioning(), GoldLabels())}

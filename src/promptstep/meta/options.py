@@ -11,6 +11,8 @@ LM_SOURCES = ("prompt", "context")
 
 LORA_MODES = ("none", "inner", "outer")
 
+TEACHER_TARGETS = ("cached", "live")
+
 
 @dataclass
 class MetaOptions:
@@ -64,6 +66,9 @@ class MetaOptions:
     grad_checkpointing: bool = False
     """Recompute each layer's activations during backward to save memory (exact: the recomputation uses the weights of
     the forward pass)."""
+    teacher_targets: str = "cached"
+    """LC teacher targets: cached (computed once, read from disk, teacher copy freed; 4 bytes x vocab per answer token)
+    or live (the frozen teacher runs at every step)."""
 
     def inner(self):
         """The inner step being meta-trained for (also the FT step of this run's evaluations)."""
@@ -78,6 +83,9 @@ class MetaOptions:
             raise InputError(f"unknown inner_rule '{self.inner_rule}' (choose from {', '.join(RULES)})")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
+        if self.teacher_targets not in TEACHER_TARGETS:
+            raise InputError(f"unknown teacher_targets '{self.teacher_targets}' (choose from "
+                             f"{', '.join(TEACHER_TARGETS)})")
         if self.lora not in LORA_MODES:
             raise InputError(f"unknown lora '{self.lora}' (choose from {', '.join(LORA_MODES)})")
         for key in ("lora_rank", "lora_alpha"):

@@ -1,5 +1,5 @@
-"""The frozen LC teacher θ_B: its distributions at the answer positions, and its greedy answers (computed once
-per (weights, data, format) and cached on disk)."""
+"""The frozen LC teacher θ_B: its greedy answers and its distributions at the answer positions, each computed once
+per (weights, data, format, precision) and cached on disk."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from promptstep.data.triplets import Triplet
@@ -67,3 +68,41 @@ def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format
     tmp.write_text(json.dumps(answers), encoding="utf-8")
     tmp.replace(path)
     return answers
+
+
+TARGETS_VERSION = "answer-logprobs/1"  # part of the target store's key: what a stored tensor holds
+
+
+class TeacherTargets:
+    """The frozen teacher's log-probabilities (n_answer, vocab; fp32, or fp64 for an fp64 teacher) at the answer
+    positions of each example,
+    stored on disk once per (teacher weights, precision) and read back at every use.
+
+    The values are a function of the teacher's weights (its fingerprint), the precision it ran under and the
+    token ids it read (context + query + answer, so the data, the format and the stop rule that cut the answer
+    are all in the key); one safetensors file per (ids, n_answer). A meta-step then runs no teacher forward and
+    the frozen copy can leave memory.
+    """
+
+    def __init__(self, fingerprint: str, precision: str, root: Path | None = None) -> None:
+        key = json.dumps([fingerprint, precision, TARGETS_VERSION])
+        self.dir = (root or cache_dir() / "teacher-targets") / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+    def path(self, ids: Sequence[int], n_answer: int) -> Path:
+        name = hashlib.sha256(json.dumps([list(ids), n_answer]).encode()).hexdigest()[:32]
+        return self.dir / f"{name}.safetensors"
+
+    def get(self, ids: Sequence[int], n_answer: int) -> torch.Tensor | None:
+        """The stored log-probabilities of (ids, n_answer), or None if none are stored."""
+        path = self.path(ids, n_answer)
+        if not path.is_file():
+            return None
+        return load_file(path)["logprobs"]
+
+    def put(self, ids: Sequence[int], n_answer: int, logprobs: torch.Tensor) -> None:
+        """Store the log-probabilities of (ids, n_answer) (written apart, then renamed: readers see whole files)."""
+        path = self.path(ids, n_answer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"logprobs": logprobs.detach().cpu().contiguous()}, tmp)
+        tmp.replace(path)

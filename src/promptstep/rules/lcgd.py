@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.profiler import record_function
 
 from promptstep.anatomy import Anatomy, anatomy_of
 from promptstep.updates import ParamDict, at_least_fp32
@@ -45,7 +46,8 @@ def layer_causal_gradients(model: torch.nn.Module, params: ParamDict, batch: dic
     result is exactly differentiable for second-order meta-gradients.
     """
     anatomy = anatomy_of(model)
-    losses = layer_losses(model, params, batch, anatomy)
+    with record_function("inner forward"):
+        losses = layer_losses(model, params, batch, anatomy)
     grads = {name: torch.zeros_like(p) for name, p in params.items()}
     for index, loss in enumerate(losses):
         names = [name for name in params if anatomy.layer_of(name) == index]
@@ -53,8 +55,9 @@ def layer_causal_gradients(model: torch.nn.Module, params: ParamDict, batch: dic
             continue
         if not torch.isfinite(loss):
             raise FloatingPointError(f"layer {index} loss is {loss.item()}")
-        values = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph, retain_graph=True,
-                                     allow_unused=True)
+        with record_function("inner backward (with graph)" if create_graph else "inner backward"):
+            values = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph,
+                                         retain_graph=True, allow_unused=True)
         grads.update({name: g for name, g in zip(names, values) if g is not None})
     return grads
 
