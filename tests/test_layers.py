@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "promptstep"
 # Lowest first. A module belongs to the first layer whose prefixes match its dotted name (without "promptstep.").
 LAYERS = [
     ("plumbing", ("errors", "config", "runs", "checkpoints", "distributed", "precision")),
-    ("model & data", ("models", "anatomy", "tiny", "data")),
+    ("model & data", ("models", "adapters", "anatomy", "tiny", "data")),
     ("core", ("formats", "metrics", "rules", "updates", "evaluate", "prepare", "documents")),
     ("methods", ("meta", "experiments", "analysis", "inject")),
     ("reporting", ("reporting",)),

@@ -18,7 +18,8 @@ from promptstep.errors import InputError
 from promptstep.formats import Format
 from promptstep.meta.objectives import OBJECTIVES, MetaExample, answer_logprobs, context_lm_batch
 from promptstep.meta.options import MetaOptions
-from promptstep.meta.teacher import model_fingerprint, teacher_answers
+from promptstep.meta.teacher import teacher_answers
+from promptstep.models import fingerprint as weights_fingerprint
 from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_context
 from promptstep.updates import select_parameters
 
@@ -69,7 +70,7 @@ class MetaTrainer:
         """The teacher's greedy answers to context + query, under the training precision (what the KL targets
         see), cached on disk."""
         with self.teacher_scope(), meta_step_context(self.teacher, self.options.precision):
-            fingerprint = model_fingerprint(self.teacher, skip_adapters=self.teacher_scope is not nullcontext)
+            fingerprint = weights_fingerprint(self.teacher, skip_adapters=self.teacher_scope is not nullcontext)[:16]
             return teacher_answers(self.teacher, self.tokenizer, triplets, self.fmt, self.options.max_new_tokens,
                                    progress=progress, fingerprint=fingerprint)
 
