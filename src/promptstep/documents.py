@@ -12,6 +12,7 @@ from pathlib import Path
 
 from promptstep.errors import InputError
 
+INJECTION_MODES = ("sequential", "sum")  # how chunks combine (see inject.py); named here, where no torch loads
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
 

@@ -42,12 +42,12 @@ from pathlib import Path
 import torch
 
 from promptstep.adapters import ParamDelta, Update, coalesce, parameter_roles, sum_updates
-from promptstep.documents import Document, Question
+from promptstep.documents import INJECTION_MODES, Document, Question
 from promptstep.errors import InputError
 from promptstep.formats import Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
 from promptstep.updates import GradientFn, InnerStep, ParamDict, inner_step
 
-MODES = ("sequential", "sum")
+MODES = INJECTION_MODES
 DEFAULT_CHUNK_TOKENS = 512
 INNER_KEYS = {"lr": "inner_lr", "steps": "inner_steps", "params": "inner_params", "rule": "inner_rule"}
 DOCUMENTS_DIR = "documents"
@@ -499,13 +499,15 @@ def _save_update(directory: Path, injection: Injection, update: Update, model: t
     return save_update(directory, update, model, base=base, max_rank=injection.options.max_rank, documents=documents)
 
 
-def document_stored_bytes(injection: Injection, update: Update, model: torch.nn.Module) -> int:
-    """Bytes of the tensors a document's own update directory would hold (computed, not written)."""
+def document_stored_bytes(update: Update, model: torch.nn.Module, adapter: bool = False,
+                          max_rank: int | None = None) -> int:
+    """Bytes of the tensors a document's own update directory would hold (computed, not written): the compact
+    update, or for a LoRA-inner model (`adapter`) the whole stepped adapter."""
     from promptstep.adapters import adapter_state, stored_bytes
 
-    if injection.adapter:
+    if adapter:
         return sum(t.numel() * t.element_size() for t in adapter_state(model).values())
-    return stored_bytes(update, model, injection.options.max_rank)
+    return stored_bytes(update, model, max_rank)
 
 
 def save_injection(out: str | Path, injection: Injection, model: torch.nn.Module, tokenizer=None, *,
@@ -544,7 +546,8 @@ def save_injection(out: str | Path, injection: Injection, model: torch.nn.Module
                 info = _save_update(stage / sub, injection, result.update, model, base, [result.document.id])
                 row.update(directory=sub, stored_bytes=info["stored_bytes"])
             else:
-                row["stored_bytes"] = document_stored_bytes(injection, result.update, model)
+                row["stored_bytes"] = document_stored_bytes(result.update, model, injection.adapter,
+                                                            injection.options.max_rank)
             rows.append(row)
         merged_bytes = None
         if merged:
