@@ -27,7 +27,7 @@ import random
 import re
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -158,10 +158,8 @@ def _release_free_memory() -> None:
     import ctypes
     import ctypes.util
 
-    try:
+    with suppress(OSError, AttributeError):
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 @contextmanager

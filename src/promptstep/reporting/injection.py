@@ -42,7 +42,8 @@ def injection_tables(summary: dict, metrics: tuple[str, ...] = ("em", "tok_acc",
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     lines = ["**costs** (per document injected; stored = the compact update, a dense delta for AdamW, the text for "
-             "prompt; peak = largest growth of peak memory over one group's run)", "", "| setting | seconds / document | stored MB / document | peak MB |",
+             "prompt; peak = largest growth of peak memory over one group's run)", "",
+             "| setting | seconds / document | stored MB / document | peak MB |",
              "|---|---|---|---|"]
     for setting, entry in settings.items():
         seconds = (f"{entry['seconds_per_document']:.3f} ± {entry['seconds_per_document_se']:.3f}"
