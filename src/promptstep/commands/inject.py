@@ -12,7 +12,52 @@ from promptstep.errors import InputError
 
 
 @dataclass
-class InjectConfig:
+class InjectionKeys:
+    """The inner step and chunk size of the commands that inject (inject, inject-eval, playground): each left at
+    None takes the meta-train run's value (when the model is a run's model/ directory), else promptstep's."""
+
+    lr: float | None = None
+    """inner step learning rate (default: the meta-train run's inner_lr, else 1e-3)"""
+    steps: int | None = None
+    """inner steps per chunk (default: the meta-train run's inner_steps, else 1)"""
+    params: str | None = None
+    """parameters the inner step updates: a regex, 'kv', or 'all' (default: the meta-train run's inner_params, else
+    all)"""
+    rule: str | None = None
+    """inner rule, sgd or lcgd (default: the meta-train run's inner_rule, else sgd)"""
+    chunk_tokens: int | None = None
+    """chunk size in tokens (default 512, or the model's window if smaller; at most the window)"""
+
+    def check_injection(self) -> None:
+        """Refuse a bad chunk size, inner-step override or mode (for configs that have one), before torch loads."""
+        from promptstep.rules import check_rule
+
+        mode = getattr(self, "mode", MODES[0])
+        if mode not in MODES:
+            raise InputError(f"unknown injection mode '{mode}' (choose from {', '.join(MODES)})")
+        if self.chunk_tokens is not None and self.chunk_tokens < 2:
+            raise InputError(f"config key 'chunk_tokens' must be at least 2, got {self.chunk_tokens}")
+        if self.lr is not None and self.lr < 0:
+            raise InputError(f"config key 'lr' must be >= 0, got {self.lr}")
+        if self.steps is not None:
+            positive("steps", self.steps)
+        if self.rule is not None:
+            check_rule(self.rule)
+
+    def inject_options(self, spec: str):
+        """(InjectOptions, where the inner step came from) for model `spec` (mode, chunking and max_rank from the
+        config where it has them)."""
+        from promptstep.inject import InjectOptions, resolve_inner_step
+
+        inner, source = resolve_inner_step(spec, self.lr, self.steps, self.params, self.rule)
+        options = InjectOptions(inner=inner, mode=getattr(self, "mode", MODES[0]), chunk_tokens=self.chunk_tokens,
+                                chunking=getattr(self, "chunking", True), max_rank=getattr(self, "max_rank", None))
+        options.validate()
+        return options, source
+
+
+@dataclass
+class InjectConfig(InjectionKeys):
     """`promptstep inject --model M --docs FILE|DIR --out DIR`: inject documents into a model's weights."""
 
     model: str = "tiny"
@@ -25,8 +70,6 @@ class InjectConfig:
     mode: str = "sequential"
     """sequential: each chunk steps from the weights the previous one left; sum: each chunk steps from the base
     weights and the changes add"""
-    chunk_tokens: int | None = None
-    """chunk size in tokens (default 512, or the model's window if smaller; at most the window)"""
     chunking: bool = True
     """split documents longer than one chunk (false: refuse them)"""
     per_document: bool = False
@@ -35,15 +78,6 @@ class InjectConfig:
     """also write the updated model itself in merged/ (loadable by transformers alone; as large as the model)"""
     max_rank: int | None = None
     """truncate each stored low-rank change to this rank (SVD; the error is reported); default: exact"""
-    lr: float | None = None
-    """inner step learning rate (default: the meta-train run's inner_lr, else 1e-3)"""
-    steps: int | None = None
-    """inner steps per chunk (default: the meta-train run's inner_steps, else 1)"""
-    params: str | None = None
-    """parameters the inner step updates: a regex, 'kv', or 'all' (default: the meta-train run's inner_params, else
-    all)"""
-    rule: str | None = None
-    """inner rule, sgd or lcgd (default: the meta-train run's inner_rule, else sgd)"""
     attn: str = "eager"
     """attention implementation to load the model with"""
     device: str = "auto"
@@ -60,38 +94,8 @@ class InjectConfig:
             raise InputError("inject needs --out DIR (the injected directory to write)")
         if self.max_rank is not None:
             positive("max_rank", self.max_rank)
-        check_injection_keys(self)
+        self.check_injection()
         check_device(self.device)
-
-
-def check_injection_keys(config) -> None:
-    """Checks of the injection keys the commands that inject share (inject, inject-eval, playground): mode (if the
-    config has one), chunk size and the inner-step overrides lr, steps, rule."""
-    from promptstep.rules import check_rule
-
-    mode = getattr(config, "mode", MODES[0])
-    if mode not in MODES:
-        raise InputError(f"unknown injection mode '{mode}' (choose from {', '.join(MODES)})")
-    if config.chunk_tokens is not None and config.chunk_tokens < 2:
-        raise InputError(f"config key 'chunk_tokens' must be at least 2, got {config.chunk_tokens}")
-    if config.lr is not None and config.lr < 0:
-        raise InputError(f"config key 'lr' must be >= 0, got {config.lr}")
-    if config.steps is not None:
-        positive("steps", config.steps)
-    if config.rule is not None:
-        check_rule(config.rule)
-
-
-def inject_options(config, spec: str):
-    """(InjectOptions, where the inner step came from) for model `spec` from a config's injection keys (mode,
-    chunking and max_rank where it has them)."""
-    from promptstep.inject import InjectOptions, resolve_inner_step
-
-    inner, source = resolve_inner_step(spec, config.lr, config.steps, config.params, config.rule)
-    options = InjectOptions(inner=inner, mode=getattr(config, "mode", MODES[0]), chunk_tokens=config.chunk_tokens,
-                            chunking=getattr(config, "chunking", True), max_rank=getattr(config, "max_rank", None))
-    options.validate()
-    return options, source
 
 
 def recorded_spec(spec: str) -> str:
@@ -111,7 +115,7 @@ def run_inject(config: InjectConfig, model_and_tokenizer=None) -> tuple[Path, di
     out = Path(config.out)
     documents = read_documents(config.docs)
     check_run_dir(out, config.overwrite)
-    options, source = inject_options(config, config.model)
+    options, source = config.inject_options(config.model)
     model, tokenizer = model_and_tokenizer or load_from_config(config)
     if config.merged:
         from promptstep.inject import carries_adapter

@@ -8,15 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.commands.common import check_device, check_run_name, dataset_file, load_split, positive
+from promptstep.commands.inject import InjectionKeys
 from promptstep.documents import INJECTION_MODES
 from promptstep.errors import InputError
 from promptstep.experiments import INJECTION_METHODS
 
 
 @dataclass
-class InjectEvalConfig:
+class InjectEvalConfig(InjectionKeys):
     """`promptstep inject-eval --model M --data DIR`: accuracy after injecting N documents, against fine-tuning and
-    prompting, with the time, storage and memory each costs."""
+    prompting, with the time, storage and memory each costs (the inner step, also the untrained model's, and the
+    parameters AdamW trains: lr, steps, params, rule)."""
 
     model: str = "tiny"
     """the one-step model, typically a meta-train run's model/ directory (its inner step is the default)"""
@@ -44,16 +46,6 @@ class InjectEvalConfig:
     """AdamW learning rate of the fine-tuning baselines"""
     adamw_weight_decay: float = 0.01
     """AdamW weight decay of the fine-tuning baselines (torch's default)"""
-    lr: float | None = None
-    """inner step learning rate (default: the meta-train run's inner_lr, else 1e-3); also the untrained model's"""
-    steps: int | None = None
-    """inner steps per chunk (default: the meta-train run's, else 1)"""
-    params: str | None = None
-    """parameters the inner step (and AdamW) updates: regex, 'kv' or 'all' (default: the run's, else all)"""
-    rule: str | None = None
-    """inner rule, sgd or lcgd (default: the run's, else sgd)"""
-    chunk_tokens: int | None = None
-    """chunk size in tokens (default 512, or the window if smaller)"""
     max_new_tokens: int = 16
     """longest generated answer in tokens"""
     batch_size: int = 16
@@ -74,8 +66,6 @@ class InjectEvalConfig:
     """replace an existing run of the same name"""
 
     def validate(self) -> None:
-        from promptstep.commands.inject import check_injection_keys
-
         if not self.data:
             raise InputError("inject-eval needs --data (a triplet dataset directory or a .jsonl file)")
         if not self.sizes or not self.modes or not self.methods:
@@ -98,7 +88,7 @@ class InjectEvalConfig:
             raise InputError(f"config key 'adamw_weight_decay' must be >= 0, got {self.adamw_weight_decay}")
         if self.limit is not None:
             positive("limit", self.limit)
-        check_injection_keys(self)
+        self.check_injection()
         check_device(self.device)
         check_run_name(self.name)
 
@@ -126,7 +116,6 @@ def run_inject_eval(config: InjectEvalConfig, models=None) -> tuple[Path, dict]:
     import torch
 
     from promptstep.commands.common import load_from_config
-    from promptstep.commands.inject import inject_options
     from promptstep.config import config_dict
     from promptstep.experiments.injection import (
         BenchmarkOptions,
@@ -144,7 +133,7 @@ def run_inject_eval(config: InjectEvalConfig, models=None) -> tuple[Path, dict]:
     if max(config.sizes) > len(documents):
         raise InputError(f"{source}: sizes up to {max(config.sizes)} need at least {max(config.sizes)} documents; "
                          f"it holds {len(documents)}")
-    options, inner_source = inject_options(config, config.model)
+    options, inner_source = config.inject_options(config.model)
     base_spec = base_model_spec(config)
     load = [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
     with staged_dir(out, config.overwrite) as stage:

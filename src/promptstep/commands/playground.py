@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from promptstep.commands.common import check_device, positive
-from promptstep.documents import INJECTION_MODES
+from promptstep.commands.inject import InjectionKeys
 from promptstep.errors import InputError
 
 HOST = "127.0.0.1"  # the page is only ever served to this machine
@@ -22,7 +22,7 @@ EXTRA = "pip install 'promptstep[playground]'"
 
 
 @dataclass
-class PlaygroundConfig:
+class PlaygroundConfig(InjectionKeys):
     """`promptstep playground --model M`: a local web page to inject documents and ask questions."""
 
     model: str = "tiny"
@@ -31,16 +31,6 @@ class PlaygroundConfig:
     """the port on 127.0.0.1 to serve the page on"""
     mode: str = "sequential"
     """how the documents injected one after another combine: sequential or sum"""
-    chunk_tokens: int | None = None
-    """chunk size in tokens (default 512, or the model's window if smaller)"""
-    lr: float | None = None
-    """inner step learning rate (default: the meta-train run's inner_lr, else 1e-3)"""
-    steps: int | None = None
-    """inner steps per chunk (default: the meta-train run's, else 1)"""
-    params: str | None = None
-    """parameters the inner step updates: regex, 'kv' or 'all' (default: the run's, else all)"""
-    rule: str | None = None
-    """inner rule, sgd or lcgd (default: the run's, else sgd)"""
     top_k: int = 5
     """most probable next tokens shown per answer"""
     max_new_tokens: int = 32
@@ -53,15 +43,11 @@ class PlaygroundConfig:
     """run a hub model's own Python code (read it first)"""
 
     def validate(self) -> None:
-        from promptstep.commands.inject import check_injection_keys
-
         if not 1 <= self.port <= 65535:
             raise InputError(f"config key 'port' must be in 1..65535, got {self.port}")
-        if self.mode not in INJECTION_MODES:
-            raise InputError(f"unknown injection mode '{self.mode}' (choose from {', '.join(INJECTION_MODES)})")
         for key in ("top_k", "max_new_tokens"):
             positive(key, getattr(self, key))
-        check_injection_keys(self)
+        self.check_injection()
         check_device(self.device)
 
 
@@ -195,9 +181,8 @@ def launch(app, port: int, block: bool = True):
 def playground_for(config: PlaygroundConfig, model_and_tokenizer=None) -> tuple[Playground, str]:
     """The Playground of a config (the model loaded, the inner step resolved) and the page's subtitle."""
     from promptstep.commands.common import load_from_config
-    from promptstep.commands.inject import inject_options
 
-    options, source = inject_options(config, config.model)
+    options, source = config.inject_options(config.model)
     model, tokenizer = model_and_tokenizer or load_from_config(config)
     inner = options.inner
     given = f"; {', '.join(source['overridden'])} set on the command line" if source["overridden"] else ""
