@@ -428,6 +428,8 @@ BAD = [
     Bad("ask-question-and-questions", ASK + " q.jsonl --question Who", r"one of --question TEXT or --questions",
         {"q.jsonl": '{"id": "a", "question": "Who"}\n'}),
     Bad("ask-no-model", "ask --question Who", r"ask needs --model or --injected"),
+    Bad("ask-question-over-window", "ask --model {model64} --question '" + "word " * 40 + "'",
+        r"question 'q1' is \d+ tokens with its context; with a 32-token answer that is over the model's window of 64"),
     Bad("ask-questions-not-json", ASK + " q.jsonl", r"q\.jsonl:2: not valid JSON",
         {"q.jsonl": '{"id": "a", "question": "Who"}\n{oops\n'}),
     Bad("ask-questions-missing-question", ASK + " q.jsonl", r"q\.jsonl:1: missing field 'question'",

@@ -179,3 +179,19 @@ def test_lora_inner_model_stores_its_stepped_adapter(tmp_path, saved_gpt2_256, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--merged is not available for a model that carries a PEFT adapter" in err[0]
     assert not (tmp_path / "m").exists()
+
+
+def test_prompt_column_takes_the_questions_document_or_all_that_fit(tokenizer):
+    from promptstep.commands.ask import prompt_contexts
+    from promptstep.documents import Document
+
+    documents = [Document("a", "Evan Armstrong walked on Mars.", "<t>"), Document("b", "foobar " * 40, "<t>"),
+                 Document("c", "Mira Tolland made a violin.", "<t>")]
+    size = {d.id: len(encode_text(tokenizer, d.text)) + 1 for d in documents}
+    question = Question("q", "Who?")
+    limit = 8 + len(encode_text(tokenizer, "Who?")) + 1 + size["a"] + size["c"]  # room for a and c, not b
+    contexts = prompt_contexts(tokenizer, [question, Question("q2", "Who?", document="b"),
+                                           Question("q3", "Who?", document="c")], documents, limit, 8)
+    assert contexts[0] == (documents[0].text + "\n\n" + documents[2].text, ["a", "c"])  # all that fit, in order
+    assert contexts[1] is None  # its own document does not fit
+    assert contexts[2] == (documents[2].text, ["c"])

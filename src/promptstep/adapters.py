@@ -112,6 +112,18 @@ class ParamDelta:
                 self.B = self.A = None
         return self
 
+    def times(self, probe: torch.Tensor) -> torch.Tensor:
+        """The change (a matrix) times `probe` [columns, k], in fp32, without forming the change."""
+        probe = probe.float()
+        out = torch.zeros((self.shape[0], probe.shape[1]), dtype=torch.float32, device=probe.device)
+        if self.B is not None:
+            out += self.B.float() @ (self.A.float() @ probe)
+        if self.index is not None:
+            out.index_add_(0, self.index.to(probe.device), self.rows.float() @ probe)
+        if self.dense is not None:
+            out += self.dense.float() @ probe
+        return out
+
     def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The whole change as one tensor of the parameter's shape (accumulated in at least fp32)."""
         parts = [t for t in (self.B, self.rows, self.dense) if t is not None]

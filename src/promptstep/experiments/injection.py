@@ -10,15 +10,16 @@ Groups: `n_groups` seeded random orders of the documents; the group of size N is
 so the document answered first is the same at every N (the "first document after N = 16 vs N = 1" comparison).
 After the N-th document is in, every question of the N documents is asked.
 
-Settings (`SETTINGS` names them): `nc` (the base model, question alone), `prompt` (base model, the question's own
-document in front: the upper bound), `prompt-all` (base model, all N documents in front, where they fit the window),
-`meta/MODE` (the one-step model, one inner step per chunk, injected with `inject.Injector` in mode sequential or
-sum), `meta+prompt/MODE` (the same weights, the question's document also in the prompt), `untrained/MODE` (the base
-model with the same inner step), `adamw-K` (the base model fine-tuned with K AdamW steps per document on its
-next-token loss, a fresh optimizer per document, documents one after another: the PRAG / context-distillation style
-baseline). Costs per setting: seconds per document (injection only), bytes stored per document (the compact update;
-a full dense delta for AdamW; the document's UTF-8 text for the prompt settings), and peak memory growth over the
-setting's run (process RSS on Linux, allocated memory on CUDA).
+Settings (`experiments.INJECTION_METHODS` names them): `nc` (the base model, question alone), `prompt` (base
+model, the question's own document in front: the upper bound), `prompt-all` (base model, all N documents in front,
+where they fit the window), `meta/MODE` (the one-step model, one inner step per chunk, injected with
+`inject.Injector` in mode sequential or sum), `meta+prompt/MODE` (the same weights, the question's document also in
+the prompt), `untrained/MODE` (the base model with the same inner step), `adamw-K` (the base model fine-tuned with K
+AdamW steps per document on its next-token loss (all its chunks in one batch), a fresh optimizer per document,
+documents one after another: the PRAG / context-distillation style baseline). Costs per setting: seconds per
+document (injection only), bytes stored per document (the compact update; a full dense delta for AdamW; the
+document's UTF-8 text for the prompt settings), and peak memory growth over the setting's run (process RSS on
+Linux, allocated memory on CUDA).
 """
 
 from __future__ import annotations
@@ -38,8 +39,15 @@ from promptstep.data.triplets import Triplet
 from promptstep.documents import Document, Question
 from promptstep.errors import InputError
 from promptstep.experiments import INJECTION_METHODS
-from promptstep.formats import Format, encode_pair, encode_text, lm_batch, to_device
-from promptstep.inject import InjectOptions, Injector, answer_questions, document_stored_bytes
+from promptstep.formats import Format, encode_pair, lm_batch, to_device
+from promptstep.inject import (
+    InjectOptions,
+    Injector,
+    answer_questions,
+    chunk_size,
+    document_stored_bytes,
+    split_document,
+)
 from promptstep.metrics import mean_se
 from promptstep.updates import InnerStep, ParamDict, lm_loss, swapped_parameters
 
@@ -233,9 +241,10 @@ class _Run:
         self.peaks: list[dict] = []
 
     def fits(self, question: Question, context: str | None) -> bool:
+        """Whether the prefix with the gold answer, and with the longest generation, fit the model's window."""
         prefix = question.question if context is None else context + self.options.fmt.separator + question.question
-        return len(encode_pair(self.tokenizer, prefix, question.answers[0], self.options.fmt.answer_prefix).ids) \
-            <= self.window
+        encoded = encode_pair(self.tokenizer, prefix, question.answers[0], self.options.fmt.answer_prefix)
+        return max(len(encoded.ids), len(encoded.prefix_ids) + self.options.max_new_tokens) <= self.window
 
     def answer(self, model, questions: Sequence[Question], contexts: Sequence[str | None] | None = None) -> list[dict]:
         """Records for `questions` (None where the question with its context does not fit the window)."""
@@ -328,15 +337,17 @@ class _Run:
             current = inner.parameters(self.base)
             current = {name: p.detach() for name, p in current.items()}
             stored = sum(p.numel() * p.element_size() for p in current.values())
+            size = chunk_size(self.base, self.tokenizer, self.options.inject.chunk_tokens)
             for count, index in enumerate(order, start=1):
                 document = self.documents[index]
-                ids = encode_text(self.tokenizer, document.text)[: self.window]
-                batch = to_device(lm_batch([ids], self.tokenizer.pad_token_id), device)
+                chunks = [list(c.ids) for c in split_document(self.tokenizer, document, size)]
+                batch = to_device(lm_batch(chunks, self.tokenizer.pad_token_id), device)  # the chunks together
                 started = time.perf_counter()
                 current = adamw_finetune(self.base, current, batch, steps, self.options.adamw_lr,
                                          self.options.adamw_weight_decay)
-                self.costs.append({"setting": label, "group": group, "document": document.id, "tokens": len(ids),
-                                   "seconds": time.perf_counter() - started, "stored_bytes": stored})
+                self.costs.append({"setting": label, "group": group, "document": document.id,
+                                   "tokens": sum(map(len, chunks)), "seconds": time.perf_counter() - started,
+                                   "stored_bytes": stored})
                 if count in self.options.sizes:
                     asked = self.asked(order, count)
                     with swapped_parameters(self.base, current):
