@@ -235,4 +235,4 @@ def test_inject_eval_writes_a_run_directory(tmp_path, saved_gpt2_256):
             rows = [r for r in records if r["setting"] == setting and r["size"] == int(size)]
             groups = {r["group"] for r in rows}
             assert cell["questions"] == len(rows) and len(groups) == 2
-    assert "first document's exact match" in (out / "table.md").read_text()
+    assert "the first document after N = 2 vs N = 1" in (out / "table.md").read_text()

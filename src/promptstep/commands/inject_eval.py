@@ -123,6 +123,7 @@ def run_inject_eval(config: InjectEvalConfig, models=None) -> tuple[Path, dict]:
         run_benchmark,
         summarize_benchmark,
     )
+    from promptstep.inject import chunk_size
     from promptstep.reporting.injection import injection_tables, plot_injection
     from promptstep.runs import name_from, run_dir, staged_dir, write_json, write_jsonl, write_summary_csv, write_yaml
 
@@ -164,7 +165,7 @@ def run_inject_eval(config: InjectEvalConfig, models=None) -> tuple[Path, dict]:
                         "load_average_1min_start_end": load, "device": str(next(meta.parameters()).device)},
             "inner_step": {"lr": inner.lr, "steps": inner.steps, "params": inner.params, "rule": inner.rule,
                            **inner_source},
-            "chunk_tokens": options.chunk_tokens,
+            "chunk_tokens": chunk_size(meta, tokenizer, options.chunk_tokens),
             "settings": summarize_benchmark(records, costs, peaks),
         }
         write_yaml(stage / "config.yaml", config_dict(config))

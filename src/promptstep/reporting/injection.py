@@ -56,31 +56,39 @@ def injection_tables(summary: dict, metrics: tuple[str, ...] = ("em", "tok_acc",
              "em" in e["first_document"] and s not in ("nc", "prompt")]  # those two do not depend on N
     if first:
         small, large = first[0][1]["sizes"]
-        lines = [f"**first document's exact match % after N = {large} vs N = {small}** (mean ± SE over groups)", "",
-                 f"| setting | N = {small} | N = {large} | change | groups |", "|---|---|---|---|---|"]
+        shown = (("em", "EM %", 100.0), ("tok_acc", "token accuracy %", 100.0), ("nll", "NLL", 1.0))
+        header = " | ".join(f"{name} N = {small} | N = {large} | change" for _, name, _ in shown)
+        lines = [f"**the first document after N = {large} vs N = {small}** (its questions; mean ± SE over groups)", "",
+                 f"| setting | {header} | groups |", "|---|" + "---|" * (3 * len(shown) + 1)]
         for setting, block in first:
-            em = block["em"]
-            a, b, c = (em[f"at_{small}"], em[f"at_{large}"], em["change"])
-            lines.append(f"| {setting} | {100 * a[0]:.1f} ± {100 * a[1]:.1f} | {100 * b[0]:.1f} ± {100 * b[1]:.1f} | "
-                         f"{100 * c[0]:+.1f} ± {100 * c[1]:.1f} | {em['groups']} |")
+            cells = []
+            for metric, _, scale in shown:
+                a, b, c = (block[metric][f"at_{small}"], block[metric][f"at_{large}"], block[metric]["change"])
+                cells += [f"{scale * a[0]:.1f} ± {scale * a[1]:.1f}", f"{scale * b[0]:.1f} ± {scale * b[1]:.1f}",
+                          f"{scale * c[0]:+.1f} ± {scale * c[1]:.1f}"]
+            lines.append(f"| {setting} | " + " | ".join(cells) + f" | {block['em']['groups']} |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
 def plot_injection(summary: dict, path: Path, title: str) -> None:
-    """Exact match and token accuracy (± SE) against the number of documents injected, one line per setting."""
+    """Exact match and token accuracy (± SE) against the number of documents injected, one line per setting (dashed:
+    no update; dotted: sum mode)."""
     settings = summary["settings"]
+    sizes = sorted({int(n) for entry in settings.values() for n in entry["by_size"]})
+    colors = plt.cm.tab20.colors
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, (metric, name) in zip(axes, (("em", "exact match"), ("tok_acc", "token accuracy"))):
-        for setting, entry in settings.items():
+        for index, (setting, entry) in enumerate(settings.items()):
             points = sorted((int(n), cell) for n, cell in entry["by_size"].items() if metric in cell)
             if not points:
                 continue
-            style = "--" if setting.startswith(("prompt", "nc")) else "-"
+            style = "--" if setting.startswith(("prompt", "nc")) else ":" if setting.endswith("/sum") else "-"
             ax.errorbar([n for n, _ in points], [100 * c[metric] for _, c in points],
                         yerr=[100 * c[f"{metric}_se"] for _, c in points], label=setting, linestyle=style,
-                        marker="o", capsize=3)
+                        marker="o", capsize=3, color=colors[index % len(colors)])
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
         ax.set_xlabel("documents injected (N)")
         ax.set_ylabel(f"{name} (%)")
         ax.set_ylim(0, 100)
