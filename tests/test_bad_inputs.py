@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ from promptstep import model_specs, runs
 from promptstep.checkpoints import save_checkpoint
 from promptstep.cli import MAX_ERROR_CHARS, main
 
+INJECT = "inject --model {model} --out inj --docs"
+ASK = "ask --model {model} --questions"
 GOOD = {"id": "x1", "context": "Evan Armstrong is the first person on Mars.", "query": "The first person on Mars was",
         "answer": "Evan Armstrong"}
 META = "meta-train --data {data} --model {model} --runs-dir runs --eval-n 2 --max-new-tokens 2 --batch-size 2"
@@ -293,6 +296,17 @@ SUITE = "reproduce --suite {tmp}/s.yaml"
 SUITE_BLOCK = "name: s\nblocks: [{name: b, model: tiny, tasks: {c: {generate: character}}, experiments: {%s}}]\n"
 
 
+def injected_dir(env: Env) -> None:
+    """An injected directory `inj` made from {model} (the 256-token GPT-2)."""
+    (env.tmp / "doc.txt").write_text("Evan Armstrong is the first person on Mars.")
+    assert main(["inject", "--model", env.model, "--docs", str(env.tmp / "doc.txt"), "--out", str(env.tmp / "inj"),
+                 "--lr", "0.1"]) == 0
+
+
+def without_gradio(env: Env) -> None:
+    env.monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
+
+
 # ---------------------------------------------------------------- the table
 
 BAD = [
@@ -505,6 +519,59 @@ BAD = [
         setup=locked_run("busy")),
     Bad("meta-run-locked", META + " --name busy --overwrite true", r"is being written by another promptstep",
         setup=lambda env: (finished_run(env), locked_run("busy")(env))),
+    # knowledge injection: documents, questions, injected directories
+    Bad("inject-no-docs", "inject --model {model} --out inj", r"inject needs --docs"),
+    Bad("inject-empty-document", INJECT + " e.txt", r"e\.txt: empty document", {"e.txt": "  \n\n "}),
+    Bad("inject-binary-file", INJECT + " b.txt", r"b\.txt: binary file", {"b.txt": b"abc\x00\x01def"}),
+    Bad("inject-not-utf8", INJECT + " u.md", r"u\.md:1: not UTF-8 text", {"u.md": b"caf\xe9"}),
+    Bad("inject-unknown-suffix", INJECT + " d.pdf", r"d\.pdf: unknown suffix '\.pdf'", {"d.pdf": "text"}),
+    Bad("inject-empty-directory", INJECT + " docs", r"docs: empty directory", {"docs/.keep": ""}),
+    Bad("inject-jsonl-duplicate-id", INJECT + " d.jsonl", r"d\.jsonl:2: duplicate id 'a'",
+        {"d.jsonl": '{"id": "a", "text": "x y"}\n{"id": "a", "text": "z w"}\n'}),
+    Bad("inject-longer-than-window-without-chunking",
+        "inject --model {model64} --out inj --chunking false --docs long.txt",
+        r"document 'long\.txt' .* is \d+ tokens, longer than one chunk of 64 tokens", {"long.txt": "word " * 300}),
+    Bad("inject-chunk-over-window", "inject --model {model64} --out inj --chunk-tokens 100 --docs d.txt",
+        r"chunk size 100 is over the model's window of 64 tokens", {"d.txt": "Evan Armstrong walked on Mars."}),
+    Bad("inject-unknown-mode", INJECT + " d.txt --mode mean", r"unknown injection mode 'mean'", {"d.txt": "x y"}),
+    Bad("inject-out-exists", INJECT + " d.txt", r"inj already exists", {"d.txt": "x y"}, setup=existing_dir("inj")),
+    Bad("inject-negative-lr", INJECT + " d.txt --lr -1", r"'lr' must be >= 0", {"d.txt": "x y"}),
+    Bad("ask-other-base-model", "ask --model {model64} --injected inj --question Who",
+        r"inj/update: injected into another base model", setup=injected_dir),
+    Bad("ask-injected-missing", "ask --injected nowhere --question Who", r"nowhere: no such injected directory"),
+    Bad("ask-not-an-injected-dir", "ask --injected {tmp} --question Who", r"not an injected directory"),
+    Bad("ask-no-question", "ask --model {model}", r"ask needs one of --question TEXT or --questions"),
+    Bad("ask-question-and-questions", ASK + " q.jsonl --question Who", r"one of --question TEXT or --questions",
+        {"q.jsonl": '{"id": "a", "question": "Who"}\n'}),
+    Bad("ask-no-model", "ask --question Who", r"ask needs --model or --injected"),
+    Bad("ask-question-over-window", "ask --model {model64} --question '" + "word " * 40 + "'",
+        r"question 'q1' is \d+ tokens with its context; with a 32-token answer that is over the model's window of 64"),
+    Bad("ask-questions-not-json", ASK + " q.jsonl", r"q\.jsonl:2: not valid JSON",
+        {"q.jsonl": '{"id": "a", "question": "Who"}\n{oops\n'}),
+    Bad("ask-questions-missing-question", ASK + " q.jsonl", r"q\.jsonl:1: missing field 'question'",
+        {"q.jsonl": '{"id": "a"}\n'}),
+    Bad("ask-questions-empty-answer", ASK + " q.jsonl", r"q\.jsonl:1: field 'answer' must be a non-empty string",
+        {"q.jsonl": '{"id": "a", "question": "Who", "answer": ""}\n'}),
+    Bad("ask-questions-unknown-document", ASK + " q.jsonl --docs d.jsonl",
+        r"q\.jsonl:1: document 'nope' is not among the documents given",
+        {"q.jsonl": '{"id": "a", "question": "Who", "document": "nope"}\n', "d.jsonl": '{"id": "d", "text": "t"}\n'}),
+    Bad("ask-questions-not-jsonl", ASK + " q.txt", r"q\.txt: questions are a \.jsonl file", {"q.txt": "Who?"}),
+    Bad("ask-questions-empty-file", ASK + " q.jsonl", r"q\.jsonl: holds no questions", {"q.jsonl": "\n"}),
+    Bad("ask-out-exists", ASK + " q.jsonl --out answers", r"answers already exists",
+        {"q.jsonl": '{"id": "a", "question": "Who"}\n'}, setup=existing_dir("answers")),
+    Bad("inject-eval-no-data", "inject-eval --model {model}", r"inject-eval needs --data"),
+    Bad("inject-eval-sizes-over-documents", "inject-eval --model {model} --data {data} --runs-dir {runs} --sizes 1,9",
+        r"sizes up to 9 need at least 9 documents; it holds 4"),
+    Bad("inject-eval-unknown-method", "inject-eval --model {model} --data {data} --methods nc,rag",
+        r"unknown method 'rag'"),
+    Bad("inject-eval-unknown-mode", "inject-eval --model {model} --data {data} --modes sequential,mean",
+        r"unknown mode 'mean'"),
+    Bad("inject-eval-zero-adamw-steps", "inject-eval --model {model} --data {data} --adamw-steps 0",
+        r"'adamw_steps' must be positive"),
+    Bad("playground-port-out-of-range", "playground --model {model} --port 70000", r"'port' must be in 1\.\.65535"),
+    Bad("playground-unknown-rule", "playground --model {model} --rule adam", r"unknown rule 'adam'"),
+    Bad("playground-without-its-extra", "playground --model {model}",
+        r"the playground needs its optional extra .*pip install 'promptstep\[playground\]'", setup=without_gradio),
     # non-finite numbers are refused where they are parsed
     Bad("lr-nan", EVAL + " {data} --lrs nan", r"'lrs': expected a finite number, got 'nan'"),
     Bad("meta-inner-lr-inf", META + " --inner-lr inf", r"'inner-lr': expected a finite number"),

@@ -18,22 +18,12 @@ from peft import PeftModel
 from torch.func import functional_call
 
 from conftest import make_gpt2, make_llama
+from promptstep.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SIDECAR, apply_update, read_update
 from promptstep.documents import Document, read_documents
 from promptstep.errors import InputError
-from promptstep.inject import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    SIDECAR,
-    InjectOptions,
-    apply_update,
-    chunk_size,
-    inject,
-    load_injected,
-    read_update,
-    save_injection,
-    split_document,
-)
-from promptstep.models import load_model
+from promptstep.inject import InjectOptions, chunk_size, inject, save_injection, split_document
+from promptstep.models import load_injected, load_model
+from promptstep.updates import InnerStep
 
 SHORT = ["The foo of the bar.", "The bar of the foo."]  # 8 tokens each with the test tokenizer
 PROBE = "Mira Tolland is the inventor of the glass"
@@ -149,7 +139,7 @@ def test_chunks_fit_the_size_and_cut_on_boundaries(tokenizer, gpt2):
 def test_stored_adapter_reproduces_the_stepped_model(kind, tokenizer, saved_gpt2, saved_llama, tmp_path):
     spec = {"gpt2": saved_gpt2, "llama": saved_llama}[kind]
     base, _ = load_model(spec)
-    injection = inject(base, tokenizer, _docs(*SHORT), InjectOptions(lr=LR))
+    injection = inject(base, tokenizer, _docs(*SHORT), InjectOptions(inner=InnerStep(lr=LR)), keep_stepped=True)
     manifest = save_injection(tmp_path / "inj", injection, base, tokenizer, merged=True, model_spec=spec)
     ids = _probe(tokenizer)
     want, before = _logits(base, ids, injection.stepped), _logits(base, ids)
@@ -178,10 +168,10 @@ def test_dense_fallback_rules_and_long_chunks_stay_exact(tokenizer, tmp_path):
     form cheaper: every path still reproduces the stepped model."""
     base = make_llama(len(tokenizer))
     ids = _probe(tokenizer)
-    for number, options in enumerate([InjectOptions(lr=LR, rule="lcgd"), InjectOptions(lr=LR, steps=2),
-                                      InjectOptions(lr=LR, params=r"mlp|embed")]):
+    steps = [InnerStep(lr=LR, rule="lcgd"), InnerStep(lr=LR, steps=2), InnerStep(lr=LR, params=r"mlp|embed")]
+    for number, options in enumerate(InjectOptions(inner=step) for step in steps):
         docs = _docs(SHORT[0], "Mira Tolland is the inventor of the glass violin.")
-        injection = inject(base, tokenizer, docs, options)
+        injection = inject(base, tokenizer, docs, options, keep_stepped=True)
         save_injection(tmp_path / str(number), injection, base, tokenizer, model_spec="llama")
         loaded, _ = load_injected(tmp_path / str(number), model=copy.deepcopy(base))
         _assert_close(_logits(loaded, ids), _logits(base, ids, injection.stepped), _logits(base, ids))
@@ -204,8 +194,8 @@ def _manual_sgd(model, params: dict, chunks, lr: float) -> dict:
 def test_modes_match_hand_computed_steps(mode, tokenizer):
     model = make_gpt2(len(tokenizer))
     text = "The foo of the bar. The bar of the foo. Who painted the ceiling? Michelangelo"
-    options = InjectOptions(lr=0.3, mode=mode, chunk_tokens=18, params=r"attn|wte")
-    injection = inject(model, tokenizer, _docs(text), options)
+    options = InjectOptions(inner=InnerStep(lr=0.3, params=r"attn|wte"), mode=mode, chunk_tokens=18)
+    injection = inject(model, tokenizer, _docs(text), options, keep_stepped=True)
     chunks = injection.documents[0].chunks
     assert len(chunks) == 3
     base = {n: p.detach() for n, p in model.named_parameters() if "attn" in n or "wte" in n}
@@ -233,16 +223,17 @@ def test_rank_bound_and_svd_optimal_truncation(tokenizer, tmp_path):
     model = make_llama(len(tokenizer))
     docs = _docs(SHORT[0])
     tokens = len(tokenizer(SHORT[0]).input_ids)
-    injection = inject(model, tokenizer, docs, InjectOptions(lr=LR))
+    injection = inject(model, tokenizer, docs, InjectOptions(inner=InnerStep(lr=LR)))
     update = injection.total
     factored = {n: d for n, d in update.items() if d.B is not None}
     assert len(factored) >= 10
     assert all(d.rank <= tokens for d in update.values())  # rank <= T (in fact <= T - 1: the last token has no loss)
-    two = inject(model, tokenizer, _docs(*SHORT), InjectOptions(lr=LR, chunk_tokens=8)).total  # ranks add
+    two = inject(model, tokenizer, _docs(*SHORT), InjectOptions(inner=InnerStep(lr=LR), chunk_tokens=8)).total
+    # ranks add
     assert all(d.rank <= 2 * tokens for d in two.values()) and max(d.rank for d in two.values()) > tokens
 
     rank = 3
-    injection_cut = inject(model, tokenizer, docs, InjectOptions(lr=LR, max_rank=rank))
+    injection_cut = inject(model, tokenizer, docs, InjectOptions(inner=InnerStep(lr=LR), max_rank=rank))
     manifest = save_injection(tmp_path / "cut", injection_cut, model, tokenizer, model_spec="llama")
     stored = read_update(tmp_path / "cut", model)
     for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"):
@@ -264,8 +255,8 @@ def test_rank_bound_and_svd_optimal_truncation(tokenizer, tmp_path):
 def test_per_document_updates_combine_to_the_sum_mode(tokenizer, saved_llama, tmp_path):
     base, _ = load_model(saved_llama)
     texts = [SHORT[0], SHORT[1], "Who painted the ceiling? Michelangelo"]
-    options = InjectOptions(lr=LR, mode="sum")
-    together = inject(base, tokenizer, _docs(*texts), options)
+    options = InjectOptions(inner=InnerStep(lr=LR), mode="sum")
+    together = inject(base, tokenizer, _docs(*texts), options, keep_stepped=True)
     manifest = save_injection(tmp_path / "all", together, base, tokenizer, per_document=True, model_spec=saved_llama)
     ids = _probe(tokenizer)
     want, before = _logits(base, ids, together.stepped), _logits(base, ids)
@@ -293,17 +284,18 @@ def test_bad_injection_inputs_are_one_line_input_errors(tokenizer, tmp_path):
          r"document 'd0' \(<test 0>\) is 31 tokens, longer than one chunk of 16 tokens"),
         (lambda: inject(model, tokenizer, _docs("a"), InjectOptions()), r"document 'd0' .* is 1 token long"),
         (lambda: inject(model, tokenizer, _docs(SHORT[0]), InjectOptions(mode="mean")), r"unknown injection mode"),
-        (lambda: inject(model, tokenizer, _docs(SHORT[0]), InjectOptions(params="(")), r"not a valid regex"),
+        (lambda: inject(model, tokenizer, _docs(SHORT[0]), InjectOptions(inner=InnerStep(params="("))),
+         r"not a valid regex"),
         (lambda: load_injected(tmp_path / "nothing"), r"no such injected directory"),
     ]
     for call, message in cases:
         with pytest.raises(InputError, match=message) as err:
             call()
         assert "\n" not in str(err.value)
-    chunks = inject(model, tokenizer, long_doc, InjectOptions(lr=LR)).documents[0].chunks
+    chunks = inject(model, tokenizer, long_doc, InjectOptions(inner=InnerStep(lr=LR))).documents[0].chunks
     assert len(chunks) >= 2 and all(c.tokens <= 16 for c in chunks)
 
-    injection = inject(model, tokenizer, _docs(SHORT[0]), InjectOptions(lr=LR))
+    injection = inject(model, tokenizer, _docs(SHORT[0]), InjectOptions(inner=InnerStep(lr=LR)))
     save_injection(tmp_path / "inj", injection, model, tokenizer, model_spec="gpt2-16")
     other = make_gpt2(len(tokenizer), seed=1, n_positions=16)
     for sources in (tmp_path / "inj", [tmp_path / "inj"]):
@@ -318,7 +310,8 @@ def test_bad_injection_inputs_are_one_line_input_errors(tokenizer, tmp_path):
 
 def test_merged_form_equals_the_exact_form(tokenizer, tmp_path):
     model = make_gpt2(len(tokenizer))
-    injection = inject(model, tokenizer, _docs(*SHORT), InjectOptions(lr=LR, mode="sequential"))
+    injection = inject(model, tokenizer, _docs(*SHORT), InjectOptions(inner=InnerStep(lr=LR), mode="sequential"),
+                       keep_stepped=True)
     manifest = save_injection(tmp_path / "inj", injection, model, tokenizer, merged=True, model_spec="gpt2")
     exact = copy.deepcopy(model)
     apply_update(exact, read_update(tmp_path / "inj", model))

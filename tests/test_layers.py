@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "promptstep"
 LAYERS = [
     ("plumbing", ("errors", "files", "config", "runs", "checkpoints", "distributed", "precision", "tracking",
                   "malloc")),
-    ("model & data", ("model_specs", "models", "anatomy", "tiny", "data")),
+    ("model & data", ("model_specs", "models", "adapters", "anatomy", "tiny", "data")),
     ("core", ("formats", "metrics", "rules", "updates", "evaluate", "prepare", "documents")),
     ("methods", ("meta", "experiments", "analysis", "inject")),
     ("reporting", ("reporting",)),

@@ -67,6 +67,12 @@ COMMANDS: dict[str, Command] = {
     "report": Command("report", "ReportConfig", "run_report", "paper-style tables from runs", "runs", many=True),
     "reproduce": Command("reproduce", "ReproduceConfig", "run_reproduce",
                          "run a YAML suite of the paper's experiments"),
+    "inject": Command("inject", "InjectConfig", "run_inject", "inject documents into a model's weights"),
+    "ask": Command("ask", "AskConfig", "run_ask", "answer questions with injected documents (side by side)"),
+    "inject-eval": Command("inject_eval", "InjectEvalConfig", "run_inject_eval",
+                           "benchmark knowledge injection against fine-tuning and prompting"),
+    "playground": Command("playground", "PlaygroundConfig", "run_playground",
+                          "a local web page: paste a document, inject it, ask"),
 }
 
 

@@ -1,15 +1,18 @@
-"""A user's documents for knowledge injection: one text file, a JSONL of {"id", "text"}, or a directory of
-.txt / .md files, with one-line errors that name the file (and line) of the first problem."""
+"""A user's documents for knowledge injection (one text file, a JSONL of {"id", "text"}, or a directory of .txt / .md
+files) and questions about them (a JSONL of {"id", "question", optional "answer" / "answers" / "document" /
+"distractors"}), with one-line errors that name the file (and line) of the first problem."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from promptstep.errors import InputError
 
+INJECTION_MODES = ("sequential", "sum")  # how chunks combine (see inject.py); named here, where no torch loads
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIX = ".jsonl"
 
@@ -41,9 +44,10 @@ def _text_document(path: Path, doc_id: str) -> Document:
     return Document(id=doc_id, text=text, source=str(path))
 
 
-def _jsonl_documents(path: Path) -> list[Document]:
+def _jsonl_records(path: Path, required: tuple[str, ...], what: str) -> Iterator[tuple[str, dict]]:
+    """(where, record) of every non-blank line of a JSONL file: objects with non-empty string `required` fields and
+    unique ids; InputError naming the file and line otherwise, or if there is none."""
     text = _decode(path.read_bytes(), str(path))
-    documents: list[Document] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -54,22 +58,26 @@ def _jsonl_documents(path: Path) -> list[Document]:
         except json.JSONDecodeError as err:
             raise InputError(f"{where}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict):
-            raise InputError(f"{where}: expected a JSON object with 'id' and 'text', got {type(record).__name__}")
-        for name in ("id", "text"):
+            fields = " and ".join(f"'{name}'" for name in required)
+            raise InputError(f"{where}: expected a JSON object with {fields}, got {type(record).__name__}")
+        for name in required:
             if name not in record:
                 raise InputError(f"{where}: missing field '{name}'")
             if not isinstance(record[name], str):
                 raise InputError(f"{where}: field '{name}' must be a string, got {type(record[name]).__name__}")
             if not record[name].strip():
                 raise InputError(f"{where}: field '{name}' is empty" + (" (empty document)" if name == "text" else ""))
-        doc_id = record["id"]
-        if doc_id in seen:
-            raise InputError(f"{where}: duplicate id '{doc_id}' (first on line {seen[doc_id]})")
-        seen[doc_id] = number
-        documents.append(Document(id=doc_id, text=record["text"].strip(), source=where))
-    if not documents:
-        raise InputError(f"{path}: holds no documents")
-    return documents
+        if record["id"] in seen:
+            raise InputError(f"{where}: duplicate id '{record['id']}' (first on line {seen[record['id']]})")
+        seen[record["id"]] = number
+        yield where, record
+    if not seen:
+        raise InputError(f"{path}: holds no {what}")
+
+
+def _jsonl_documents(path: Path) -> list[Document]:
+    return [Document(id=record["id"], text=record["text"].strip(), source=where)
+            for where, record in _jsonl_records(path, ("id", "text"), "documents")]
 
 
 def _directory_documents(path: Path) -> list[Document]:
@@ -112,3 +120,50 @@ def read_documents(path: str | os.PathLike) -> list[Document]:
         return [_text_document(path, path.name)]
     raise InputError(f"{path}: unknown suffix '{path.suffix}' (documents are {', '.join(TEXT_SUFFIXES)} files, "
                      f"a {JSONL_SUFFIX} of {{\"id\", \"text\"}} objects, or a directory of text files)")
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question to ask a model: its id, text, accepted answers (empty if unknown), the id of the document it is
+    about (None if not said), and wrong answers that the document also holds (`distractors`)."""
+
+    id: str
+    question: str
+    answers: tuple[str, ...] = ()
+    document: str | None = None
+    distractors: tuple[str, ...] = ()
+
+
+def _string_list(record: dict, name: str, where: str) -> tuple[str, ...]:
+    value = record.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise InputError(f"{where}: field '{name}' must be a list of non-empty strings")
+    return tuple(value)
+
+
+def read_questions(path: str | os.PathLike, documents: set[str] | None = None) -> list[Question]:
+    """The questions of a JSONL file: {"id": str, "question": str} per line, optionally "answer": str,
+    "answers": [str, ...] (all accepted answers), "document": str (the id of the document it is about; with
+    `documents` given, it must be one of them) and "distractors": [str, ...]. One-line InputError naming the file
+    and line on the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() != JSONL_SUFFIX:
+        raise InputError(f"{path}: questions are a {JSONL_SUFFIX} file of {{\"id\", \"question\"}} objects")
+    questions = []
+    for where, record in _jsonl_records(path, ("id", "question"), "questions"):
+        answers = _string_list(record, "answers", where)
+        if "answer" in record:
+            answer = record["answer"]
+            if not isinstance(answer, str) or not answer.strip():
+                raise InputError(f"{where}: field 'answer' must be a non-empty string")
+            answers = (answer, *(a for a in answers if a != answer))
+        document = record.get("document")
+        if document is not None and (not isinstance(document, str) or not document.strip()):
+            raise InputError(f"{where}: field 'document' must be a non-empty string (a document id)")
+        if document is not None and documents is not None and document not in documents:
+            raise InputError(f"{where}: document '{document}' is not among the documents given")
+        questions.append(Question(id=record["id"], question=record["question"].strip(), answers=answers,
+                                  document=document, distractors=_string_list(record, "distractors", where)))
+    return questions

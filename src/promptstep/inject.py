@@ -1,70 +1,58 @@
 """Knowledge injection: documents -> the model's inner step on each chunk -> an exact, compact stored update.
 
-Each document is split into chunks that fit the model's window; each chunk gets `updates.inner_step` (the rule,
-η, steps and parameter subset of FT evaluation and meta-training), in one of two modes:
+Each document is split into chunks (default 512 tokens, or the model's window if smaller); each chunk gets the
+model's `updates.InnerStep` (the rule, η, steps and parameter subset of FT evaluation and meta-training; for a
+meta-trained model, by default the step it was meta-trained for), in one of two modes:
 
 * `sequential`: every chunk steps from the weights left by the previous one (the paper's multi-context setting);
 * `sum`: every chunk steps from the base weights, and the chunks' changes are added.
 
-Exact compact form. One SGD step of a linear layer on T tokens changes its weight by -η Σ_t δ_t x_tᵀ, x_t the
-layer's input and δ_t the loss gradient with respect to its output: a matrix of rank ≤ T. While the inner step
-takes its gradient, forward hooks record each nn.Linear / GPT-2 Conv1D input x and tensor hooks on the outputs
-record δ, so the change is kept as factors (B, A) with ΔW = B @ A in the parameter's own layout (Conv1D stores
-Wᵀ); tokens whose δ is exactly zero (the last one: it predicts nothing) are dropped. An nn.Embedding's change is
-the rows of the tokens seen, every other parameter's (biases, norms) a dense delta, and a tied input/output
-embedding gets both (head factors + embedding rows). Each gradient call's factors are checked against the rule's
-own gradient; where they do not reproduce it (e.g. Layer-Causal GD, whose logit lens runs the head without
-training it, or a module the hooks cannot read), that parameter's dense gradient step is kept instead. Ranks add
-over steps and chunks; a matrix whose factors would cost at least as much as the matrix itself is kept dense.
+While the inner step takes its gradient, forward hooks record each nn.Linear / GPT-2 Conv1D / nn.Embedding input x
+and tensor hooks on the outputs record δ, so one step's change -η Σ_t δ_t x_tᵀ is kept as factors (see
+`adapters`); tokens whose δ is exactly zero (the last one: it predicts nothing) are dropped. Each gradient call's
+factors are checked against the rule's own gradient (on random probe vectors); where they do not reproduce it
+(e.g. Layer-Causal GD, whose logit lens runs the head without training it, a masked parameter subset, or a module
+the hooks cannot read), that parameter's dense gradient step is kept instead. Ranks add over steps and chunks; a
+matrix whose factors would cost at least as much as the matrix itself is kept dense.
 
-On disk (`save_injection`), an update directory holds a PEFT LoRA adapter (adapter_config.json +
-adapter_model.safetensors, one rank per module via `rank_pattern`, alpha = rank so the scale is 1) for every
-low-rank part — which `peft.PeftModel.from_pretrained` loads natively — plus `promptstep_update.safetensors`, the
-exact side-car for what LoRA cannot hold (dense deltas, embedding rows), which promptstep adds to the base weights
-before peft wraps them, and `update.json` (base model spec + fingerprint, where each parameter's change is). A
-tied embedding's low-rank part is stored as two LoRAs (head and input embedding, same factors transposed) because
-each role must see it. `load_injected` checks the base fingerprint and returns base + update(s); updates kept per
-document combine exactly (factors concatenate, deltas add).
+A model that carries a PEFT adapter (a LoRA-inner meta-trained model, whose inner step moves only the adapter) is
+injected by stepping the adapter; its update is the stepped adapter itself, stored as a PEFT adapter.
+
+`save_injection` writes an injected directory: `update/` (all documents together), optionally `documents/NNNN-ID/`
+(each document's own update; they combine exactly) and `merged/` (the updated model, transformers alone loads it),
+`documents.jsonl` (the documents' text, for `ask --compare`) and `manifest.json` (base model, inner step and where
+it came from, per-document chunks / tokens / seconds / stored bytes). `models.load_model(DIR)` and
+`models.load_injected` load it back exactly.
+
+Memory: capturing a chunk of T tokens keeps every linear layer's input and output gradient for T tokens (the head's
+is T × vocabulary), which is why chunks default to 512 tokens rather than the whole window (SmolLM2's 8,192 tokens
+would need ≈ 1.6 GB for the head alone).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
-from transformers.pytorch_utils import Conv1D
 
-from promptstep.documents import Document
+from promptstep.adapters import ParamDelta, Update, coalesce, parameter_roles, sum_updates
+from promptstep.documents import INJECTION_MODES, Document, Question
 from promptstep.errors import InputError
-from promptstep.formats import encode_text, lm_batch, to_device
-from promptstep.updates import GradientFn, ParamDict, inner_step, select_parameters
+from promptstep.formats import Format, encode_pair, encode_text, lm_batch, pad_batch, to_device
+from promptstep.updates import GradientFn, InnerStep, ParamDict, inner_step
 
-MODES = ("sequential", "sum")
-FORMAT = "promptstep-update/1"
-MANIFEST = "manifest.json"
-UPDATE_DIR = "update"
+MODES = INJECTION_MODES
+DEFAULT_CHUNK_TOKENS = 512
+INNER_KEYS = {"lr": "inner_lr", "steps": "inner_steps", "params": "inner_params", "rule": "inner_rule"}
 DOCUMENTS_DIR = "documents"
 MERGED_DIR = "merged"
-UPDATE_INFO = "update.json"
-SIDECAR = "promptstep_update.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
-PEFT_NATIVE = ("LoRA factors of every nn.Linear / Conv1D weight change (and, for a tied embedding, of its "
-               "input-embedding role) in adapter_model.safetensors")
-PROMPTSTEP_ADDS = ("promptstep_update.safetensors: dense deltas (biases, norms, matrices whose factors would cost "
-                   "more than the matrix) and embedding rows, added to the base weights before peft wraps them; "
-                   "without it a peft-only load is not the injected model")
+DOCUMENTS_FILE = "documents.jsonl"
 
 
 # ----------------------------------------------------------------------------------------------------------- options
@@ -74,19 +62,15 @@ PROMPTSTEP_ADDS = ("promptstep_update.safetensors: dense deltas (biases, norms, 
 class InjectOptions:
     """How documents become weights.
 
-    lr, steps, params, rule: the inner step (`updates.inner_step`; `rule` names a gradient of
-    `promptstep.rules`, `params` is a regex over parameter names, None = every trainable parameter).
+    inner: the inner step (`updates.InnerStep`: lr, steps, parameter subset, rule) taken on each chunk.
     mode: `sequential` or `sum` (see the module docstring).
-    chunk_tokens: the chunk size in tokens (None = the model's window); chunking=False refuses a document longer
-    than one chunk instead of splitting it.
+    chunk_tokens: the chunk size in tokens (None = 512, or the model's window if smaller); chunking=False refuses a
+    document longer than one chunk instead of splitting it.
     max_rank: truncate each stored low-rank matrix change to this rank (SVD of the exact factors; the relative
     Frobenius error per parameter is reported); None keeps it exact.
     """
 
-    lr: float = 1e-3
-    steps: int = 1
-    params: str | None = None
-    rule: str = "sgd"
+    inner: InnerStep = field(default_factory=InnerStep)
     mode: str = "sequential"
     chunk_tokens: int | None = None
     chunking: bool = True
@@ -97,9 +81,10 @@ class InjectOptions:
 
         if self.mode not in MODES:
             raise InputError(f"unknown injection mode '{self.mode}' (choose from {', '.join(MODES)})")
-        check_rule(self.rule)
-        if not (self.lr >= 0 and math.isfinite(self.lr)) or self.steps < 1:
-            raise InputError(f"inner step needs a finite lr >= 0 and steps >= 1 (got lr={self.lr}, steps={self.steps})")
+        check_rule(self.inner.rule)
+        lr, steps = self.inner.lr, self.inner.steps
+        if not (lr >= 0 and math.isfinite(lr)) or steps < 1:
+            raise InputError(f"inner step needs a finite lr >= 0 and steps >= 1 (got lr={lr}, steps={steps})")
         if self.chunk_tokens is not None and self.chunk_tokens < 2:
             raise InputError(f"chunk_tokens must be at least 2 (a next-token loss needs two tokens), got "
                              f"{self.chunk_tokens}")
@@ -107,7 +92,47 @@ class InjectOptions:
             raise InputError(f"max_rank must be at least 1 (or None for the exact update), got {self.max_rank}")
 
 
+def meta_run_config(spec: str) -> tuple[Path, dict] | None:
+    """(path, content) of the config.yaml of the meta-train run whose `model/` directory `spec` is, else None."""
+    from promptstep.config import read_yaml
+
+    path = Path(spec).expanduser()
+    config = path.parent / "config.yaml"
+    if not path.is_dir() or not config.is_file() or not (path.parent / "summary.json").is_file():
+        return None
+    content = read_yaml(config)
+    return (config, content) if all(key in content for key in INNER_KEYS.values()) else None
+
+
+def resolve_inner_step(spec: str, lr: float | None = None, steps: int | None = None, params: str | None = None,
+                       rule: str | None = None) -> tuple[InnerStep, dict]:
+    """The inner step to inject with into model `spec`, and where it came from.
+
+    When `spec` is a meta-train run's `model/` directory, the step it was meta-trained for (inner_lr, inner_steps,
+    inner_params, inner_rule of `../config.yaml`); else `InnerStep()`'s defaults. Any of lr / steps / params / rule
+    given (not None) overrides it ('all' for params: every trainable parameter).
+    """
+    run = meta_run_config(spec)
+    default = InnerStep()
+    values = {key: getattr(default, key) for key in INNER_KEYS}
+    source = "promptstep defaults (InnerStep)"
+    if run is not None:
+        path, content = run
+        values = {key: content[name] for key, name in INNER_KEYS.items()}
+        source = f"meta-train run config {path.resolve()} (inner_lr, inner_steps, inner_params, inner_rule)"
+    given = {"lr": lr, "steps": steps, "params": params, "rule": rule}
+    overridden = sorted(key for key, value in given.items() if value is not None)
+    values.update({key: value for key, value in given.items() if value is not None})
+    if values["params"] == "all":
+        values["params"] = None
+    step = InnerStep(lr=float(values["lr"]), steps=int(values["steps"]), params=values["params"],
+                     rule=str(values["rule"]))
+    return step, {"source": source, "overridden": overridden}
+
+
 # ---------------------------------------------------------------------------------------------------------- chunking
+
+
 
 
 @dataclass(frozen=True)
@@ -128,12 +153,13 @@ _BOUNDARIES = (re.compile(r"\n[ \t]*\n\s*"), re.compile(r"(?<=[.!?;:])\s+"), re.
 
 
 def chunk_size(model: torch.nn.Module, tokenizer, requested: int | None = None) -> int:
-    """The chunk size in tokens: `requested`, or the model's window (`models.max_length`); never above the window."""
+    """The chunk size in tokens: `requested`, or DEFAULT_CHUNK_TOKENS capped at the model's window
+    (`models.max_length`); a request above the window is an InputError."""
     from promptstep.models import max_length
 
     window = max_length(model, tokenizer)
     if requested is None:
-        return window
+        return min(DEFAULT_CHUNK_TOKENS, window)
     if requested < 2:
         raise InputError(f"chunk size must be at least 2 tokens, got {requested}")
     if requested > window:
@@ -226,129 +252,8 @@ def split_document(tokenizer, document: Document, size: int, chunking: bool = Tr
     return chunks
 
 
-# ------------------------------------------------------------------------------------------------- the update itself
-
-
-@dataclass
-class ParamDelta:
-    """The change of one parameter, in its own layout: B @ A (low rank) + `rows` added at `index` along dim 0 +
-    `dense`. Any part may be absent."""
-
-    shape: tuple[int, ...]
-    B: torch.Tensor | None = None
-    A: torch.Tensor | None = None
-    index: torch.Tensor | None = None
-    rows: torch.Tensor | None = None
-    dense: torch.Tensor | None = None
-
-    @property
-    def rank(self) -> int:
-        return 0 if self.B is None else int(self.B.shape[1])
-
-    @property
-    def nbytes(self) -> int:
-        parts = (self.B, self.A, self.index, self.rows, self.dense)
-        return sum(t.numel() * t.element_size() for t in parts if t is not None)
-
-    def __add__(self, other: ParamDelta) -> ParamDelta:
-        if tuple(other.shape) != tuple(self.shape):
-            raise ValueError(f"cannot add changes of shapes {self.shape} and {other.shape}")
-        out = ParamDelta(tuple(self.shape))
-        if self.B is not None and other.B is not None:
-            out.B, out.A = torch.cat([self.B, other.B], dim=1), torch.cat([self.A, other.A], dim=0)
-        else:
-            out.B, out.A = (self.B, self.A) if self.B is not None else (other.B, other.A)
-        if self.index is not None and other.index is not None:
-            out.index, out.rows = _coalesce(torch.cat([self.index, other.index]), torch.cat([self.rows, other.rows]))
-        else:
-            out.index, out.rows = (self.index, self.rows) if self.index is not None else (other.index, other.rows)
-        if self.dense is not None and other.dense is not None:
-            out.dense = self.dense + other.dense
-        else:
-            out.dense = self.dense if self.dense is not None else other.dense
-        return out.folded()
-
-    def folded(self) -> ParamDelta:
-        """The same change, with the factors made dense once they cost as much as the matrix."""
-        if self.B is not None and len(self.shape) == 2:
-            rows, cols = self.shape
-            if self.rank * (rows + cols) >= rows * cols:
-                low = (self.B @ self.A).to(self.B.dtype)
-                self.dense = low if self.dense is None else self.dense + low
-                self.B = self.A = None
-        return self
-
-    def to_dense(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The whole change as one tensor of the parameter's shape (accumulated in at least fp32)."""
-        parts = [t for t in (self.B, self.rows, self.dense) if t is not None]
-        work = torch.promote_types(parts[0].dtype, torch.float32) if parts else torch.float32
-        device = parts[0].device if parts else "cpu"
-        total = torch.zeros(self.shape, dtype=work, device=device)
-        if self.B is not None:
-            total += self.B.to(work) @ self.A.to(work)
-        if self.index is not None:
-            total.index_add_(0, self.index.to(device), self.rows.to(work))
-        if self.dense is not None:
-            total += self.dense.to(work)
-        return total.to(dtype or (parts[0].dtype if parts else torch.float32))
-
-
-def _coalesce(index: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unique row indices with the rows of equal indices summed."""
-    unique, inverse = torch.unique(index, return_inverse=True)
-    summed = torch.zeros((len(unique), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-    return unique, summed.index_add_(0, inverse, rows)
-
-
-class Update(dict):
-    """Parameter name -> ParamDelta; `a + b` is the exact sum of two updates (factors concatenate)."""
-
-    def __add__(self, other: Update) -> Update:
-        out = Update(self)
-        for name, delta in other.items():
-            out[name] = out[name] + delta if name in out else delta
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        return sum(d.nbytes for d in self.values())
-
-    def dense(self) -> dict[str, torch.Tensor]:
-        return {name: delta.to_dense() for name, delta in self.items()}
-
-
-def sum_updates(updates: Sequence[Update]) -> Update:
-    """The exact sum of several updates."""
-    total = Update()
-    for update in updates:
-        total = total + update
-    return total
-
 
 # ---------------------------------------------------------------------------------------------------------- capture
-
-
-def _module_kind(module: torch.nn.Module) -> str | None:
-    if isinstance(module, torch.nn.Linear):
-        return "linear"
-    if isinstance(module, Conv1D):
-        return "conv1d"
-    if isinstance(module, torch.nn.Embedding):
-        return "embedding"
-    return None
-
-
-def parameter_roles(model: torch.nn.Module) -> dict[str, list[tuple[str, str]]]:
-    """Parameter name -> [(module name, kind)] of every Linear / Conv1D / Embedding whose weight it is (a tied
-    embedding has two roles: the input embedding and the output head)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    roles: dict[str, list[tuple[str, str]]] = {}
-    for module_name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        kind = _module_kind(module)
-        if kind is not None and isinstance(weight, torch.Tensor) and id(weight) in names:
-            roles.setdefault(names[id(weight)], []).append((module_name, kind))
-    return roles
 
 
 def _tolerance(dtype: torch.dtype) -> float:
@@ -424,7 +329,7 @@ class _Capture:
         for (kind, x, d), keep in zip(calls, keeps):
             if kind == "embedding":
                 part = ParamDelta(delta.shape, index=x.reshape(-1), rows=-lr * d)
-                part.index, part.rows = _coalesce(part.index, part.rows)
+                part.index, part.rows = coalesce(part.index, part.rows)
             else:
                 x = x.reshape(-1, x.shape[-1])
                 x, d = x[keep], -lr * d[keep]
@@ -433,10 +338,20 @@ class _Capture:
                 else:  # Conv1D weight [in, out] changes by xᵀ d
                     part = ParamDelta(delta.shape, B=x.T.contiguous(), A=d.contiguous())
             delta = delta + part
-        error = (delta.to_dense(torch.float32) - target.float()).norm()
-        if not error <= _tolerance(target.dtype) * target.float().norm():
+        # checked on random probes (a Gaussian vector is almost surely not orthogonal to a nonzero difference), which
+        # costs one pass over the gradient instead of forming the change densely
+        generator = torch.Generator(device=target.device).manual_seed(0)
+        probe = torch.randn(target.shape[-1], 2, generator=generator, device=target.device)
+        want = target.float() @ probe
+        if not (delta.times(probe) - want).norm() <= _tolerance(target.dtype) * want.norm():
             return None
         return delta
+
+
+# ---------------------------------------------------------------------------------------------------------- inject
+
+
+@dataclass
 
 
 # ---------------------------------------------------------------------------------------------------------- inject
@@ -451,294 +366,209 @@ class DocumentUpdate:
     update: Update
     seconds: float
 
+    @property
+    def tokens(self) -> int:
+        return sum(c.tokens for c in self.chunks)
+
 
 @dataclass
 class Injection:
-    """The result of `inject`: per-document updates, the settings, and the stepped parameters in memory
-    (`stepped`: the inner steps' own output in sequential mode; base + the sum of the chunks' changes in sum mode)."""
+    """The result of `inject`: per-document updates and the settings; `adapter` when the update is a LoRA-inner
+    model's stepped adapter; `stepped` (only if asked for) the stepped parameters in memory: the inner steps' own
+    output in sequential mode, base + the sum of the chunks' changes in sum mode."""
 
     options: InjectOptions
     chunk_tokens: int
     base_fingerprint: str
     documents: list[DocumentUpdate]
-    stepped: ParamDict = field(repr=False)
+    stepped: ParamDict | None = field(default=None, repr=False)
     fallbacks: list[str] = field(default_factory=list)
+    adapter: bool = False
 
     @property
     def total(self) -> Update:
         return sum_updates([d.update for d in self.documents])
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over every state-dict entry's name and bytes: identifies the base weights an update belongs to."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _check_plain(model: torch.nn.Module) -> None:
+def carries_adapter(model: torch.nn.Module) -> bool:
+    """Whether `model` carries a PEFT adapter (a LoRA-inner model: injection steps the adapter)."""
     from peft import PeftModel
 
-    if isinstance(model, PeftModel):
-        raise InputError("injection into a model with a PEFT adapter is not supported yet; merge the adapter "
-                         "(merge_and_unload) or inject into its base model")
+    return isinstance(model, PeftModel)
+
+
+class Injector:
+    """Documents stepped on one at a time (`add`), so a caller can answer after each; the model is left unchanged.
+
+    `current` holds the stepped values of the inner step's parameters so far (one copy of them): in sequential mode
+    the last step's output, in sum mode base + the sum of every chunk's change. Answer with them through
+    `updates.swapped_parameters(model, injector.current)`.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, options: InjectOptions = InjectOptions()) -> None:
+        from promptstep.models import fingerprint
+
+        options.validate()
+        self.model, self.tokenizer, self.options = model, tokenizer, options
+        self.adapter = carries_adapter(model)
+        self.size = chunk_size(model, tokenizer, options.chunk_tokens)
+        self.fingerprint = fingerprint(model)
+        params = options.inner.parameters(model)
+        if not params:
+            raise InputError("the inner step updates no parameter of the model (none is trainable)")
+        self.base: ParamDict = {name: p.detach() for name, p in params.items()}
+        self.current: ParamDict = dict(self.base)
+        rule = options.inner.gradients(model)
+        self.capture = None if self.adapter else _Capture(model, list(params))
+        self.gradients = rule if self.capture is None else self.capture.wrap(rule, options.inner.lr)
+        self.device = next(model.parameters()).device
+        self.documents: list[DocumentUpdate] = []
+
+    def split(self, document: Document) -> list[Chunk]:
+        """The document's chunks (InputError if it is too short, or too long without chunking)."""
+        return split_document(self.tokenizer, document, self.size, self.options.chunking)
+
+    def add(self, document: Document, chunks: Sequence[Chunk] | None = None) -> DocumentUpdate:
+        """Step on every chunk of `document`; return its update (also appended to `documents`)."""
+        chunks = list(chunks) if chunks is not None else self.split(document)
+        started = time.perf_counter()
+        before = self.current
+        if self.capture is not None:
+            self.capture.update = Update()
+        inner = self.options.inner
+        for chunk in chunks:
+            batch = to_device(lm_batch([list(chunk.ids)], self.tokenizer.pad_token_id), self.device)
+            start = self.current if self.options.mode == "sequential" else self.base
+            stepped = inner_step(self.model, start, batch, lr=inner.lr, steps=inner.steps, differentiable=False,
+                                 gradients=self.gradients)
+            if self.options.mode == "sequential":
+                self.current = stepped
+            else:
+                self.current = {name: self.current[name] + (value - self.base[name]) for name, value in stepped.items()}
+        if self.capture is not None:
+            update = self.capture.update
+        else:  # the adapter's change: dense (an adapter is small)
+            update = Update({name: ParamDelta(tuple(value.shape), dense=value - before[name])
+                             for name, value in self.current.items() if not torch.equal(value, before[name])})
+        result = DocumentUpdate(document, chunks, update, time.perf_counter() - started)
+        self.documents.append(result)
+        return result
+
+    def injection(self, keep_stepped: bool = False) -> Injection:
+        fallbacks = sorted(self.capture.fallbacks) if self.capture is not None else []
+        return Injection(options=self.options, chunk_tokens=self.size, base_fingerprint=self.fingerprint,
+                         documents=list(self.documents), stepped=dict(self.current) if keep_stepped else None,
+                         fallbacks=fallbacks, adapter=self.adapter)
 
 
 def inject(model: torch.nn.Module, tokenizer, documents: Sequence[Document], options: InjectOptions = InjectOptions(),
-           *, progress: bool = False) -> Injection:
-    """Every document's chunks stepped on with `updates.inner_step`; the model itself is left unchanged.
+           *, progress: bool = False, keep_stepped: bool = False) -> Injection:
+    """Every document's chunks stepped on with the options' inner step; the model itself is left unchanged.
 
-    All documents are chunked (and checked) before any step is taken.
+    All documents are chunked (and checked) before any step is taken. `keep_stepped` keeps the stepped parameters
+    in the result (a full copy of them; for checks), else only the compact per-document updates are kept.
     """
-    from promptstep.rules import gradient_fn
+    from tqdm.auto import tqdm
 
-    options.validate()
-    _check_plain(model)
     if not documents:
         raise InputError("no documents to inject")
-    size = chunk_size(model, tokenizer, options.chunk_tokens)
-    chunked = [(doc, split_document(tokenizer, doc, size, options.chunking)) for doc in documents]
-    fingerprint = model_fingerprint(model)
-    params = select_parameters(model, options.params)
-    base = {name: p.detach() for name, p in params.items()}
-    capture = _Capture(model, list(params))
-    device = next(model.parameters()).device
-    current = dict(base)
-    summed: ParamDict = {}
-    results: list[DocumentUpdate] = []
-    for number, (document, chunks) in enumerate(chunked, start=1):
-        started = time.perf_counter()
-        capture.update = Update()
-        for chunk in chunks:
-            batch = to_device(lm_batch([list(chunk.ids)], tokenizer.pad_token_id), device)
-            start = current if options.mode == "sequential" else base
-            stepped = inner_step(model, start, batch, lr=options.lr, steps=options.steps, differentiable=False,
-                                 gradients=capture.wrap(gradient_fn(options.rule), options.lr))
-            if options.mode == "sequential":
-                current = stepped
-            else:
-                for name, value in stepped.items():
-                    change = value - base[name]
-                    summed[name] = summed[name] + change if name in summed else change
-        results.append(DocumentUpdate(document, chunks, capture.update, time.perf_counter() - started))
-        if progress:
-            print(f"inject {number}/{len(chunked)}: '{document.id}' ({len(chunks)} chunks, "
-                  f"{results[-1].seconds:.1f} s)", flush=True)
-    if options.mode == "sum":
-        current = {name: base[name] + summed[name] if name in summed else base[name] for name in base}
-    return Injection(options=options, chunk_tokens=size, base_fingerprint=fingerprint, documents=results,
-                     stepped=current, fallbacks=sorted(capture.fallbacks))
+    injector = Injector(model, tokenizer, options)
+    chunked = [(document, injector.split(document)) for document in documents]
+    bar = tqdm(chunked, desc="inject", unit="doc", disable=not progress)
+    for document, chunks in bar:
+        result = injector.add(document, chunks)
+        bar.set_postfix(tokens=result.tokens, chunks=len(chunks), s=f"{result.seconds:.2f}")
+    return injector.injection(keep_stepped)
 
 
 # ---------------------------------------------------------------------------------------------------------- storage
-
-
-def truncate_factors(B: torch.Tensor, A: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The best rank-`rank` approximation of B @ A (Eckart-Young, through QR + SVD of the small core) as factors,
-    and its relative Frobenius error."""
-    work = torch.float64
-    qb, rb = torch.linalg.qr(B.to(work))
-    qa, ra = torch.linalg.qr(A.T.to(work))
-    u, s, vh = torch.linalg.svd(rb @ ra.T, full_matrices=False)
-    return _cut(qb @ u, s, vh @ qa.T, rank, B.dtype)
-
-
-def truncate_dense(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The best rank-`rank` approximation of a matrix as factors, and its relative Frobenius error."""
-    u, s, vh = torch.linalg.svd(matrix.to(torch.float64), full_matrices=False)
-    return _cut(u, s, vh, rank, matrix.dtype)
-
-
-def _cut(u, s, vh, rank, dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    total = s.square().sum()
-    error = float((s[rank:].square().sum() / total).sqrt()) if total > 0 else 0.0
-    return (u[:, :rank] * s[:rank]).to(dtype).contiguous(), vh[:rank].to(dtype).contiguous(), error
-
-
-def _lora_factors(kind: str, B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """PEFT's (lora_B, lora_A) for a module of `kind` whose weight changes by B @ A: Linear ΔW = lora_B lora_A;
-    Conv1D and Embedding ΔW = (lora_B lora_A)ᵀ."""
-    if kind == "linear":
-        return B.contiguous(), A.contiguous()
-    return A.T.contiguous(), B.T.contiguous()
-
-
-@dataclass
-class _Plan:
-    """Where each parameter's change goes: LoRA modules (peft) and the side-car tensors (promptstep)."""
-
-    lora: dict[str, dict] = field(default_factory=dict)  # module -> {param, kind, rank, primary}
-    lora_tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # peft state-dict keys
-    sidecar: dict[str, torch.Tensor] = field(default_factory=dict)
-    parameters: dict[str, dict] = field(default_factory=dict)
-
-
-def _plan(update: Update, model: torch.nn.Module, max_rank: int | None) -> _Plan:
-    roles = parameter_roles(model)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    plan = _Plan()
-    for name, delta in update.items():
-        if name not in shapes:
-            raise InputError(f"the update changes parameter '{name}', which the model does not have")
-        if shapes[name] != tuple(delta.shape):
-            raise InputError(f"the update changes '{name}' with shape {tuple(delta.shape)}, the model's is "
-                             f"{shapes[name]}")
-        B, A, dense = delta.B, delta.A, delta.dense
-        info = {"shape": list(delta.shape), "captured_rank": delta.rank, "lora_rank": 0,
-                "rows": 0 if delta.index is None else len(delta.index), "dense": False, "truncation_error": None}
-        param_roles = roles.get(name, [])
-        matrix = len(delta.shape) == 2 and bool(param_roles)
-        if matrix and max_rank is not None:  # the matrix part (factors + dense); rows stay exact
-            if dense is not None and min(delta.shape) > max_rank:
-                whole = dense.double() + (B.double() @ A.double() if B is not None else 0)
-                B, A, info["truncation_error"] = truncate_dense(whole, max_rank)
-                B, A, dense = B.to(dense.dtype), A.to(dense.dtype), None
-            elif dense is None and B is not None and delta.rank > max_rank:
-                B, A, info["truncation_error"] = truncate_factors(B, A, max_rank)
-            else:
-                info["truncation_error"] = 0.0
-        index, values = delta.index, delta.rows
-        if B is not None:
-            rows, cols = delta.shape
-            copies = len(param_roles)  # a tied matrix's factors are stored once per role
-            if dense is not None or not matrix or copies * B.shape[1] * (rows + cols) >= rows * cols:
-                low = (B.double() @ A.double()).to(B.dtype)  # the dense form is exact and no larger
-                dense = low if dense is None else dense + low
-                B = A = None
-            else:
-                info["lora_rank"] = int(B.shape[1])
-                for number, (module, kind) in enumerate(param_roles):
-                    lora_b, lora_a = _lora_factors(kind, B, A)
-                    plan.lora[module] = {"param": name, "kind": kind, "rank": int(B.shape[1]), "primary": number == 0}
-                    key = PEFT_PREFIX + module
-                    if kind == "embedding":
-                        plan.lora_tensors[f"{key}.lora_embedding_A"] = lora_a
-                        plan.lora_tensors[f"{key}.lora_embedding_B"] = lora_b
-                    else:
-                        plan.lora_tensors[f"{key}.lora_A.weight"] = lora_a
-                        plan.lora_tensors[f"{key}.lora_B.weight"] = lora_b
-        if index is not None and (dense is not None or values.numel() + 2 * index.numel() >= math.prod(delta.shape)):
-            if dense is None:  # rows that cost as much as the matrix: dense
-                dense = torch.zeros(delta.shape, dtype=values.dtype, device=values.device)
-            dense = dense.index_add(0, index.to(dense.device), values.to(dense.dtype))
-            index = values = None
-            info["rows"] = 0
-        if dense is not None:
-            info["dense"] = True
-            plan.sidecar[f"{name}.dense"] = dense.contiguous()
-        if index is not None:
-            plan.sidecar[f"{name}.rows.index"] = index.to(torch.int64).contiguous()
-            plan.sidecar[f"{name}.rows.values"] = values.contiguous()
-        plan.parameters[name] = info
-    return plan
-
-
-def _lora_config(plan: _Plan, base_path: str | None):
-    from peft import LoraConfig
-
-    modules = sorted(plan.lora)
-    ranks = {re.escape(m): plan.lora[m]["rank"] for m in modules}
-    config = LoraConfig(r=1, lora_alpha=1, target_modules=modules, rank_pattern=ranks, alpha_pattern=dict(ranks),
-                        lora_dropout=0.0, bias="none", init_lora_weights=False,
-                        fan_in_fan_out=any(plan.lora[m]["kind"] == "conv1d" for m in modules))
-    config.base_model_name_or_path = base_path
-    return config
-
-
-@contextmanager
-def _quiet_peft() -> Iterator[None]:
-    """peft's warnings that do not apply here: per-module fan_in_fan_out fixes (GPT-2 mixes Conv1D and Linear) and
-    LoRA on both roles of a tied embedding (intended: each role needs the change)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
-        yield
-
-
-def _base_info(model: torch.nn.Module, spec: str | None, fingerprint: str) -> dict:
-    dtype = next(model.parameters()).dtype
-    return {"spec": spec or str(model.config.name_or_path), "fingerprint": fingerprint,
-            "dtype": str(dtype).removeprefix("torch."), "class": type(model).__name__}
-
-
-def _resolved_base(spec: str) -> str | None:
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.is_dir() else spec
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def save_update(directory: str | Path, update: Update, model: torch.nn.Module, *, base: dict,
-                max_rank: int | None = None, documents: Sequence[str] = ()) -> dict:
-    """Write `update` (changes of `model`'s base weights) as an update directory: the PEFT LoRA adapter, the
-    side-car and update.json. Returns update.json's content (with `stored_bytes`)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    plan = _plan(update, model, max_rank)
-    if plan.lora:
-        _lora_config(plan, _resolved_base(base["spec"])).save_pretrained(str(directory))
-        save_file(plan.lora_tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    save_file(plan.sidecar, str(directory / SIDECAR), metadata={"format": "pt", "promptstep": FORMAT})
-    info = {"format": FORMAT, "base": base, "documents": list(documents), "max_rank": max_rank,
-            "peft_loads": PEFT_NATIVE, "promptstep_adds": PROMPTSTEP_ADDS,
-            "lora_modules": plan.lora, "parameters": plan.parameters}
-    (directory / UPDATE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    info["stored_bytes"] = _dir_bytes(directory)
-    return info
 
 
 def _slug(index: int, doc_id: str) -> str:
     return f"{index:04d}-" + (re.sub(r"[^A-Za-z0-9._-]+", "_", doc_id).strip("._") or "doc")[:60]
 
 
+def adapter_values(model: torch.nn.Module, update: Update) -> ParamDict:
+    """A LoRA-inner model's adapter parameters with `update` added (the stepped adapter)."""
+    named = dict(model.named_parameters())
+    return {name: named[name].detach() + delta.to_dense().to(named[name].dtype) for name, delta in update.items()}
+
+
+def _save_update(directory: Path, injection: Injection, update: Update, model: torch.nn.Module, base: dict,
+                 documents: Sequence[str]) -> dict:
+    from promptstep.adapters import save_adapter_update, save_update
+
+    if injection.adapter:
+        return save_adapter_update(directory, model, adapter_values(model, update), base=base, documents=documents)
+    return save_update(directory, update, model, base=base, max_rank=injection.options.max_rank, documents=documents)
+
+
+def document_stored_bytes(update: Update, model: torch.nn.Module, adapter: bool = False,
+                          max_rank: int | None = None) -> int:
+    """Bytes of the tensors a document's own update directory would hold (computed, not written): the compact
+    update, or for a LoRA-inner model (`adapter`) the whole stepped adapter."""
+    from promptstep.adapters import adapter_state, stored_bytes
+
+    if adapter:
+        return sum(t.numel() * t.element_size() for t in adapter_state(model).values())
+    return stored_bytes(update, model, max_rank)
+
+
 def save_injection(out: str | Path, injection: Injection, model: torch.nn.Module, tokenizer=None, *,
                    per_document: bool = False, merged: bool = False, model_spec: str | None = None,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, inner_source: dict | None = None) -> dict:
     """Write an injected directory (staged; published whole or not at all) and return its manifest.
 
     `out/update/` holds all documents' update together; with `per_document`, `out/documents/NNNN-ID/` holds each
-    document's own (they combine exactly in `load_injected`); with `merged`, `out/merged/` holds the updated model
-    itself (`save_pretrained`, with the tokenizer), loadable by transformers alone. `model` must be the base model
-    `inject` stepped from (checked by fingerprint); `model_spec` is how to load it again (default: its
-    name_or_path).
+    document's own (they combine exactly in `models.load_injected`); with `merged`, `out/merged/` holds the updated
+    model itself (`save_pretrained`, with the tokenizer), loadable by transformers alone (not for LoRA-inner models:
+    their update is an adapter). `model` must be the base model `inject` stepped from (checked by fingerprint);
+    `model_spec` is how to load it again (default: its name_or_path); `inner_source` says where the inner step came
+    from (`resolve_inner_step`).
     """
-    from promptstep.runs import staged_dir, write_json
+    from promptstep.adapters import MANIFEST, UPDATE_DIR, base_info
+    from promptstep.models import fingerprint
+    from promptstep.runs import staged_dir, write_json, write_jsonl
 
-    if model_fingerprint(model) != injection.base_fingerprint:
+    if merged and injection.adapter:
+        raise InputError("the merged form is not available for a model that carries a PEFT adapter (LoRA-inner): "
+                         "its update is the stepped adapter, stored as a PEFT adapter in update/")
+    if fingerprint(model) != injection.base_fingerprint:
         raise InputError("the model given to save_injection is not the base model the documents were injected into")
-    base = _base_info(model, model_spec, injection.base_fingerprint)
-    max_rank = injection.options.max_rank
+    base = base_info(model, model_spec, injection.base_fingerprint)
     started = time.perf_counter()
     with staged_dir(Path(out), overwrite) as stage:
-        total = save_update(stage / UPDATE_DIR, injection.total, model, base=base, max_rank=max_rank,
-                            documents=[d.document.id for d in injection.documents])
+        total = _save_update(stage / UPDATE_DIR, injection, injection.total, model, base,
+                             [d.document.id for d in injection.documents])
         rows = []
         for number, result in enumerate(injection.documents):
             row = {"id": result.document.id, "source": result.document.source, "chunks": len(result.chunks),
-                   "chunk_tokens": [c.tokens for c in result.chunks], "tokens": sum(c.tokens for c in result.chunks),
+                   "chunk_tokens": [c.tokens for c in result.chunks], "tokens": result.tokens,
                    "seconds": round(result.seconds, 4), "captured_bytes": result.update.nbytes}
             if per_document:
                 sub = f"{DOCUMENTS_DIR}/{_slug(number, result.document.id)}"
-                info = save_update(stage / sub, result.update, model, base=base, max_rank=max_rank,
-                                   documents=[result.document.id])
+                info = _save_update(stage / sub, injection, result.update, model, base, [result.document.id])
                 row.update(directory=sub, stored_bytes=info["stored_bytes"])
+            else:
+                row["stored_bytes"] = document_stored_bytes(result.update, model, injection.adapter,
+                                                            injection.options.max_rank)
             rows.append(row)
         merged_bytes = None
         if merged:
-            merged_bytes = _save_merged(stage / MERGED_DIR, model, tokenizer, read_update(stage / UPDATE_DIR, model))
-        options = asdict(injection.options)
+            merged_bytes = _save_merged(stage / MERGED_DIR, model, tokenizer, injection.total)
+        write_jsonl(stage / DOCUMENTS_FILE, [{"id": d.document.id, "text": d.document.text, "source": d.document.source}
+                                             for d in injection.documents])
+        inner = injection.options.inner
         manifest = {
-            "format": FORMAT,
+            "format": total["format"],
+            "kind": total["kind"],
             "base": base,
             "mode": injection.options.mode,
-            "inner_step": {k: options[k] for k in ("lr", "steps", "params", "rule")},
+            "inner_step": {"lr": inner.lr, "steps": inner.steps, "params": inner.params, "rule": inner.rule,
+                           **(inner_source or {"source": "given by the caller"})},
             "chunk_tokens": injection.chunk_tokens,
             "chunking": injection.options.chunking,
-            "max_rank": max_rank,
+            "max_rank": injection.options.max_rank,
             "documents": rows,
             "update": {"directory": UPDATE_DIR, "stored_bytes": total["stored_bytes"],
                        "lora_modules": len(total["lora_modules"]), "parameters": total["parameters"]},
@@ -748,8 +578,9 @@ def save_injection(out: str | Path, injection: Injection, model: torch.nn.Module
             if per_document else None,
             "dense_fallbacks": injection.fallbacks,
             "merged": {"directory": MERGED_DIR, "stored_bytes": merged_bytes} if merged else None,
-            "peft_loads": PEFT_NATIVE,
-            "promptstep_adds": PROMPTSTEP_ADDS,
+            "peft_loads": total["peft_loads"],
+            "promptstep_adds": total["promptstep_adds"],
+            "load": "promptstep ask --injected DIR, or models.load_model(DIR) / models.load_injected(DIR)",
             "seconds": {"inject": round(sum(d.seconds for d in injection.documents), 4),
                         "save": round(time.perf_counter() - started, 4)},
         }
@@ -762,6 +593,8 @@ def _save_merged(directory: Path, model: torch.nn.Module, tokenizer, update: Upd
 
     from transformers.utils import logging as hf_logging
 
+    from promptstep.adapters import apply_update, dir_bytes
+
     hf_logging.disable_progress_bar()
     merged = copy.deepcopy(model)
     apply_update(merged, update)
@@ -769,151 +602,75 @@ def _save_merged(directory: Path, model: torch.nn.Module, tokenizer, update: Upd
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     del merged
-    return _dir_bytes(directory)
+    return dir_bytes(directory)
 
 
-# ---------------------------------------------------------------------------------------------------------- loading
+# ---------------------------------------------------------------------------------------------------------- asking
 
 
-def _update_dir(source: str | Path) -> Path:
-    path = Path(source).expanduser()
-    if (path / UPDATE_INFO).is_file():
-        return path
-    if (path / MANIFEST).is_file() and (path / UPDATE_DIR / UPDATE_INFO).is_file():
-        return path / UPDATE_DIR
-    if not path.exists():
-        raise InputError(f"{path}: no such injected directory")
-    raise InputError(f"{path}: not an injected directory (no {UPDATE_INFO} or {MANIFEST})")
+def question_prefix(question: Question, context: str | None, fmt: Format | None = None) -> str:
+    """The text the model answers after: the question, with `context` in front (the Prompt format) if given."""
+    return question.question if context is None else context + (fmt or Format()).separator + question.question
 
 
-def _read_info(directory: Path) -> dict:
-    try:
-        info = json.loads((directory / UPDATE_INFO).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{directory / UPDATE_INFO}: unreadable ({err})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise InputError(f"{directory / UPDATE_INFO}: not a {FORMAT} file")
-    return info
+@torch.no_grad()
+def _top_tokens(model, tokenizer, prefixes: Sequence[list[int]], k: int) -> list[list[tuple[str, float]]]:
+    """The k most probable next tokens (decoded text, probability) after each prefix."""
+    batch = pad_batch(list(prefixes), tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    logits = model(**to_device(batch, device), use_cache=False).logits.float()
+    last = batch["attention_mask"].sum(dim=1) - 1
+    probs = torch.softmax(logits[torch.arange(len(prefixes)), last.to(logits.device)], dim=-1)
+    values, ids = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return [[(tokenizer.decode([i]), round(float(p), 6)) for p, i in zip(row_p.tolist(), row_i.tolist())]
+            for row_p, row_i in zip(values, ids)]
 
 
-def read_update(directory: str | Path, model: torch.nn.Module) -> Update:
-    """The update stored in an update directory, as factors / rows / dense deltas of `model`'s parameters."""
-    directory = _update_dir(directory)
-    info = _read_info(directory)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    update = Update()
+def answer_questions(model, tokenizer, questions: Sequence[Question], contexts: Sequence[str | None] | None = None,
+                     *, max_new_tokens: int = 32, top_k: int = 5, batch_size: int = 16,
+                     fmt: Format | None = None) -> list[dict]:
+    """One record per question, answered with the model's current weights: the greedy generation (stopped at the
+    end of the answer line, as `evaluate` does), its first line (`prediction`), the top-k next-token probabilities
+    after the prefix (`top`, if top_k > 0) and, when the question has gold answers, `em`, `starts`, `f1`, `tok_acc`
+    and `nll` (as `evaluate` scores them) and `distractor` (the prediction is one of the question's distractors).
 
-    def delta_of(name: str) -> ParamDelta:
-        if name not in shapes:
-            raise InputError(f"{directory}: changes parameter '{name}', which the model does not have")
-        return update.setdefault(name, ParamDelta(shapes[name]))
-
-    lora = info.get("lora_modules", {})
-    if lora:
-        tensors = load_file(str(directory / ADAPTER_WEIGHTS))
-        for module, entry in lora.items():
-            if not entry["primary"]:
-                continue
-            key = PEFT_PREFIX + module
-            if entry["kind"] == "embedding":
-                lora_a, lora_b = tensors[f"{key}.lora_embedding_A"], tensors[f"{key}.lora_embedding_B"]
-            else:
-                lora_a, lora_b = tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"]
-            delta = delta_of(entry["param"])
-            delta.B, delta.A = (lora_b, lora_a) if entry["kind"] == "linear" else (lora_a.T, lora_b.T)
-    sidecar = load_file(str(directory / SIDECAR))
-    for key, tensor in sidecar.items():
-        if key.endswith(".dense"):
-            delta_of(key.removesuffix(".dense")).dense = tensor
-        elif key.endswith(".rows.index"):
-            name = key.removesuffix(".rows.index")
-            delta = delta_of(name)
-            delta.index, delta.rows = tensor, sidecar[f"{name}.rows.values"]
-    return update
-
-
-def apply_update(model: torch.nn.Module, update: Update) -> None:
-    """Add `update` to `model`'s weights in place (the merged form)."""
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, delta in update.items():
-            param = named[name]
-            param.add_(delta.to_dense().to(device=param.device, dtype=torch.promote_types(param.dtype, torch.float32))
-                       .to(param.dtype))
-
-
-def _apply_sidecar(model: torch.nn.Module, plan_sidecar: dict[str, torch.Tensor]) -> None:
-    update = Update()
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    for key, tensor in plan_sidecar.items():
-        if key.endswith(".dense"):
-            name = key.removesuffix(".dense")
-            update.setdefault(name, ParamDelta(shapes[name])).dense = tensor
-        elif key.endswith(".rows.index"):
-            name = key.removesuffix(".rows.index")
-            delta = update.setdefault(name, ParamDelta(shapes[name]))
-            delta.index, delta.rows = tensor, plan_sidecar[f"{name}.rows.values"]
-    apply_update(model, update)
-
-
-def _check_base(model: torch.nn.Module, directory: Path, info: dict, fingerprint: str) -> None:
-    base = info.get("base", {})
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    if base.get("fingerprint") != fingerprint:
-        hint = (f" (it was injected in {base.get('dtype')}, the model given is {dtype})"
-                if base.get("dtype") not in (None, dtype) else "")
-        raise InputError(f"{directory}: injected into another base model ('{base.get('spec')}', fingerprint "
-                         f"{str(base.get('fingerprint'))[:12]}), not the model given (fingerprint {fingerprint[:12]})"
-                         f"{hint}")
-
-
-def load_injected(sources: str | Path | Sequence[str | Path], *, model: torch.nn.Module | None = None,
-                  tokenizer=None, merged: bool = False, **load_options) -> tuple[torch.nn.Module, object]:
-    """(model, tokenizer): the base model with the stored update(s) on top.
-
-    `sources`: an injected directory (its `update/`), an update directory (e.g. `documents/0003-x`), or several,
-    whose updates are added exactly. The base is `model` (modified in place) or, if None, loaded with
-    `models.load_model` from the spec and dtype recorded at injection (`load_options` pass on). Every source must
-    carry the base's fingerprint, or InputError. merged=False: a `peft.PeftModel` (the side-car added to the base
-    weights, the LoRA factors as an adapter — one source loads through `PeftModel.from_pretrained`); merged=True:
-    the plain model with the whole update added to its weights.
+    `contexts[i]` (if given and not None) is put in front of question i (the Prompt format).
     """
-    from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+    from promptstep.evaluate import generate_answers, score_answers
+    from promptstep.metrics import exact_match, f1_score, first_line, starts_with_answer
+    from promptstep.models import max_length
 
-    single = isinstance(sources, (str, Path))
-    dirs = [_update_dir(s) for s in ([sources] if single else sources)]
-    if not dirs:
-        raise InputError("no injected directory to load")
-    infos = [_read_info(d) for d in dirs]
-    if model is None:
-        from promptstep.models import load_model
-
-        base = infos[0]["base"]
-        load_options.setdefault("dtype", getattr(torch, base.get("dtype", "float32")))
-        model, tokenizer = load_model(base["spec"], **load_options)
-    _check_plain(model)
-    fingerprint = model_fingerprint(model)
-    for directory, info in zip(dirs, infos):
-        _check_base(model, directory, info, fingerprint)
-    if len(dirs) == 1 and not merged:
-        _apply_sidecar(model, load_file(str(dirs[0] / SIDECAR)))
-        if not infos[0].get("lora_modules"):
-            return model.eval(), tokenizer
-        with _quiet_peft():
-            wrapped = PeftModel.from_pretrained(model, str(dirs[0]))
-        return wrapped.eval(), tokenizer
-    update = sum_updates([read_update(d, model) for d in dirs])
-    if merged:
-        apply_update(model, update)
-        return model.eval(), tokenizer
-    plan = _plan(update, model, None)
-    _apply_sidecar(model, plan.sidecar)
-    if not plan.lora:
-        return model.eval(), tokenizer
-    with _quiet_peft():
-        wrapped = get_peft_model(model, _lora_config(plan, None))
-        result = set_peft_model_state_dict(wrapped, plan.lora_tensors)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise RuntimeError(f"peft did not take the combined LoRA tensors {unexpected[:3]}")
-    return wrapped.eval(), tokenizer
+    fmt = fmt or Format()
+    window = max_length(model, tokenizer)
+    contexts = list(contexts) if contexts is not None else [None] * len(questions)
+    records: list[dict] = []
+    for start in range(0, len(questions), batch_size):
+        part = questions[start:start + batch_size]
+        prefixes = [question_prefix(q, c, fmt) for q, c in zip(part, contexts[start:start + batch_size])]
+        encoded = [encode_pair(tokenizer, p, q.answers[0], fmt.answer_prefix) if q.answers else None
+                   for p, q in zip(prefixes, part)]
+        prefix_ids = [e.prefix_ids if e is not None else encode_text(tokenizer, p) for e, p in zip(encoded, prefixes)]
+        for question, ids, e in zip(part, prefix_ids, encoded):
+            if max(len(ids) + max_new_tokens, len(e.ids) if e is not None else 0) > window:
+                raise InputError(f"question '{question.id}' is {len(ids)} tokens with its context; with a "
+                                 f"{max_new_tokens}-token answer that is over the model's window of {window} tokens")
+        generations = generate_answers(model, tokenizer, prefix_ids, max_new_tokens)
+        tops = _top_tokens(model, tokenizer, prefix_ids, top_k) if top_k > 0 else [None] * len(part)
+        known = [e for e in encoded if e is not None]
+        scores = iter(score_answers(model, known, tokenizer.pad_token_id) if known else [])
+        for question, e, generation, top, ids in zip(part, encoded, generations, tops, prefix_ids):
+            prediction = first_line(generation)
+            record = {"id": question.id, "question": question.question, "document": question.document,
+                      "prefix_tokens": len(ids), "generation": generation, "prediction": prediction}
+            if top is not None:
+                record["top"] = [[token, p] for token, p in top]
+            if e is not None:
+                acc, nll = next(scores)
+                record.update(answer=question.answers[0], em=exact_match(prediction, question.answers),
+                              starts=starts_with_answer(prediction, question.answers),
+                              f1=f1_score(prediction, question.answers), tok_acc=acc, nll=nll,
+                              n_answer_tokens=len(e.answer_ids),
+                              distractor=float(bool(question.distractors)
+                                               and exact_match(prediction, question.distractors) > 0))
+            records.append(record)
+    return records

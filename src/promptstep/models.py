@@ -1,12 +1,15 @@
-"""Load a causal LM and its tokenizer from a spec: an embedded name, a local directory or a hub id."""
+"""Load a causal LM and its tokenizer from a spec: an embedded name, a local directory, a hub id, a saved PEFT
+adapter or an injected directory (`promptstep inject`); fingerprint its weights."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -103,14 +106,24 @@ def _check_loaded(model: PreTrainedModel, info: dict, spec: str) -> None:
 def load_model(
     spec: str,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     attn_implementation: str = "eager",
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, object]:
-    """Load `(model, tokenizer)` in eval mode with a pad token set; weights only from safetensors.
+    """Load `(model, tokenizer)` in eval mode with a pad token set (dtype default fp32); weights only from
+    safetensors.
 
-    A directory holding a PEFT adapter loads its base model with the adapter on top (see lora.py)."""
+    An injected directory (or one of its update directories) loads its base model with the update on top, exactly
+    (`load_injected`); a directory holding a PEFT adapter loads its base model with the adapter on top (see
+    meta/lora.py)."""
+    from promptstep.adapters import is_injected
+
+    if is_injected(spec):  # in the dtype recorded at injection unless one is given
+        options = {"dtype": dtype} if dtype is not None else {}
+        return load_injected(spec, attn_implementation=attn_implementation, device=device,
+                             trust_remote_code=trust_remote_code, **options)
+    dtype = dtype or torch.float32
     if (Path(spec).expanduser() / "adapter_config.json").is_file():
         return load_adapter_model(Path(spec).expanduser(), dtype=dtype, attn_implementation=attn_implementation,
                                   device=device, trust_remote_code=trust_remote_code)
@@ -184,3 +197,45 @@ def load_adapter_model(path: str | Path, **load_options) -> tuple[PeftModel, obj
     base, tokenizer = load_model(config.base_model_name_or_path, **load_options)
     model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
     return model.eval(), tokenizer
+
+
+def fingerprint(model: torch.nn.Module, skip_adapters: bool = False) -> str:
+    """SHA-256 (hex) over every state-dict entry's name and bytes: identifies the weights a cache entry or an injected
+    update belongs to (the base weights alone with `skip_adapters`: what an adapter-disabled model computes with)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        if skip_adapters and "lora_" in name:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_injected(sources: str | Path | Sequence[str | Path], *, model: torch.nn.Module | None = None,
+                  tokenizer=None, merged: bool = False, **load_options) -> tuple[torch.nn.Module, object]:
+    """(model, tokenizer): the base model with the stored update(s) of `promptstep inject` on top, exactly.
+
+    `sources`: an injected directory (its `update/`), an update directory (e.g. `documents/0003-x`), or several,
+    whose updates add exactly. The base is `model` (modified in place) or, if None, loaded with `load_model` from the
+    spec and dtype recorded at injection (`load_options` pass on). Every source must carry the base's fingerprint,
+    or InputError (one line). merged=False: a `peft.PeftModel` (see `adapters.attach`); merged=True: the plain model
+    with the whole update added to its weights. peft's `merge_and_unload` is never used (it would add a tied
+    embedding's low-rank part twice).
+    """
+    from promptstep import adapters
+
+    dirs = [adapters.update_dir(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    if not dirs:
+        raise InputError("no injected directory to load")
+    infos = [adapters.read_info(d) for d in dirs]
+    if model is None:
+        base = infos[0]["base"]
+        if adapters.is_injected(base.get("spec", "")):
+            raise InputError(f"{dirs[0]}: its base model is itself an injected directory ({base.get('spec')})")
+        load_options.setdefault("dtype", getattr(torch, str(base.get("dtype", "float32")), torch.float32))
+        model, tokenizer = load_model(str(base.get("spec")), **load_options)
+    mark = fingerprint(model)
+    dtype = next(model.parameters()).dtype
+    for directory, info in zip(dirs, infos):
+        adapters.check_base(directory, info, mark, dtype)
+    return adapters.attach(model, dirs, infos, merged=merged), tokenizer

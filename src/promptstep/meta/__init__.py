@@ -12,7 +12,7 @@ _EXPORTS = {
     "MetaOptions": "options", "LM_SOURCES": "options", "LORA_MODES": "options",
     "MetaTrainer": "trainer", "build_trainer": "lora", "OuterLoraTrainer": "lora",
     "batches_for": "loop", "epoch_order": "loop", "eval_summary": "loop", "run_training": "loop",
-    "teacher_answers": "teacher", "model_fingerprint": "teacher",
+    "teacher_answers": "teacher",
     "MetaExample": "objectives", "build_example": "objectives", "OBJECTIVES": "objectives",
 }
 __all__ = sorted(_EXPORTS)

@@ -17,20 +17,9 @@ from promptstep.data.triplets import Triplet
 from promptstep.evaluate import greedy_continuations
 from promptstep.formats import Format, encode_text
 from promptstep.model_specs import cache_dir
+from promptstep.models import fingerprint as weights_fingerprint
 
 STOP_RULE = "newline-after-text"  # part of the teacher-answer cache key: where greedy answers end
-
-
-def model_fingerprint(model: torch.nn.Module, skip_adapters: bool = False) -> str:
-    """A hash of every parameter's bytes: identifies the weights a cache entry was computed with (the base
-    weights alone with `skip_adapters`: what an adapter-disabled model computes with)."""
-    digest = hashlib.sha256()
-    for name, param in model.state_dict().items():
-        if skip_adapters and "lora_" in name:
-            continue
-        digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _read_cache(path: Path, ids: list[str]) -> dict[str, list[int]] | None:
@@ -50,8 +39,8 @@ def teacher_answers(teacher, tokenizer, triplets: Sequence[Triplet], fmt: Format
                     batch_size: int = 16, progress: bool = True, fingerprint: str | None = None
                     ) -> dict[str, list[int]]:
     """The teacher's greedy answer ids to context + query for every triplet, cached on disk per model and data."""
-    key_src = json.dumps([fingerprint or model_fingerprint(teacher), fmt.separator, fmt.answer_prefix, max_new_tokens,
-                          STOP_RULE, [(t.id, t.context, t.query) for t in triplets]])
+    key_src = json.dumps([fingerprint or weights_fingerprint(teacher)[:16], fmt.separator, fmt.answer_prefix,
+                          max_new_tokens, STOP_RULE, [(t.id, t.context, t.query) for t in triplets]])
     path = cache_dir() / "teacher" / f"{hashlib.sha256(key_src.encode()).hexdigest()[:24]}.json"
     cached = _read_cache(path, [t.id for t in triplets])
     if cached is not None:

@@ -20,7 +20,8 @@ from promptstep.errors import InputError
 from promptstep.formats import Format
 from promptstep.meta.objectives import OBJECTIVES, MetaExample, answer_logprobs, context_lm_batch
 from promptstep.meta.options import MetaOptions
-from promptstep.meta.teacher import TeacherTargets, model_fingerprint, teacher_answers
+from promptstep.meta.teacher import TeacherTargets, teacher_answers
+from promptstep.models import fingerprint as weights_fingerprint
 from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_context
 from promptstep.runs import require_free_space
 from promptstep.updates import select_parameters
@@ -87,8 +88,8 @@ class MetaTrainer:
             if self.teacher is None:
                 raise RuntimeError("the trainer has no teacher (objective without one, or released)")
             with self.teacher_scope():
-                self._fingerprint = model_fingerprint(self.teacher,
-                                                      skip_adapters=self.teacher_scope is not nullcontext)
+                self._fingerprint = weights_fingerprint(self.teacher,
+                                                        skip_adapters=self.teacher_scope is not nullcontext)[:16]
         return self._fingerprint
 
     def teacher_answers(self, triplets: Sequence[Triplet], progress: bool = True) -> dict[str, list[int]]:
