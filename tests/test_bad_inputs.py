@@ -743,6 +743,8 @@ BAD = [
         r"integer, got 'many'", {"s.yaml": SUITE_BLOCK % "multi: {tasks: [c], inner_ks: [many]}"}),
     Bad("suite-pairs-not-pairs", SUITE, r"experiments.cross.pairs: expected a list of "
         r"\[train task, eval task\] pairs", {"s.yaml": SUITE_BLOCK % "cross: {pairs: [c]}"}),
+    Bad("suite-cross-pair-repeated", SUITE, r"pairs: lists \['c', 'c'\] twice",
+        {"s.yaml": SUITE_BLOCK % "cross: {pairs: [[c, c], [c, c]]}"}),
     Bad("suite-experiment-meta-not-a-mapping", SUITE, r"experiments.figure2.meta: "
         r"expected a mapping, got \['1'\]", {"s.yaml": SUITE_BLOCK % "figure2: {tasks: [c], meta: [1]}"}),
     Bad("suite-lora-modes-not-names", SUITE, r"experiments.lora.modes: expected a list "

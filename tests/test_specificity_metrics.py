@@ -98,6 +98,17 @@ def test_heldout_perplexity_equals_exp_of_the_models_own_mean_token_loss(tokeniz
     assert result["tokens"] == count and result["ppl"] == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
+def test_heldout_perplexity_reads_at_most_the_models_window(tokenizer):
+    """A model whose window is shorter than max_tokens is scored on its window's worth of each text (a longer
+    input would index past its position table)."""
+    model = make_gpt2(len(tokenizer), seed=5, n_positions=8)
+    texts = ["The first person to walk on Mars is Evan Armstrong, and the second is Ana Osei of Lima."]
+    assert len(encode_text(tokenizer, texts[0])) > 8
+    assert heldout_perplexity(model, tokenizer, texts, max_tokens=128) == heldout_perplexity(model, tokenizer, texts,
+                                                                                             max_tokens=8)
+    assert heldout_perplexity(model, tokenizer, texts, max_tokens=128)["tokens"] == 7
+
+
 def test_meta_train_summary_reports_the_damage_to_held_out_text(tmp_path_factory, saved_gpt2_256, tmp_path):
     data = character_dataset(tmp_path_factory, 8)
     args = ["meta-train", "--data", data, "--model", saved_gpt2_256, "--runs-dir", str(tmp_path), "--eval-n", "2",

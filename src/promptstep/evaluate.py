@@ -396,8 +396,10 @@ def summarize_by_tag(records: Sequence[dict], tags: Sequence[str] = GROUP_TAGS) 
 @torch.no_grad()
 def heldout_perplexity(model, tokenizer, texts: Sequence[str], max_tokens: int = 128) -> dict[str, float]:
     """Perplexity of plain text (no step, no prompt): exp of the mean next-token NLL over every predicted token of
-    each text's first `max_tokens` tokens — how well the model still models language."""
+    each text's first `max_tokens` tokens (fewer if the model's window is shorter) — how well the model still models
+    language."""
     device = next(model.parameters()).device
+    max_tokens = min(max_tokens, max_length(model, tokenizer))
     total_nll, total_tokens = 0.0, 0
     for text in texts:
         ids = encode_text(tokenizer, text)[:max_tokens]

@@ -123,7 +123,11 @@ def _experiment(kind: str, spec: dict, where: str) -> dict:
         pairs = spec["pairs"]
         if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
             raise InputError(f"{where}.pairs: expected a list of [train task, eval task] pairs, got {shown(pairs)}")
-        spec["pairs"] = [_names(pair, f"{where}.pairs") for pair in pairs]
+        # train and eval task may be the same (train on a task, evaluate on its own test split); a pair twice is refused
+        spec["pairs"] = [[_name(task, f"{where}.pairs") for task in pair] for pair in pairs]
+        repeated = next((p for i, p in enumerate(spec["pairs"]) if p in spec["pairs"][:i]), None)
+        if repeated:
+            raise InputError(f"{where}.pairs: lists {repeated} twice")
     if "modes" in spec and kind == "lora":
         modes = spec["modes"]
         if isinstance(modes, dict):
