@@ -418,6 +418,8 @@ BAD = [
     Bad("meta-outer-lr-zero", META + " --outer-lr 0", r"'outer_lr' must be positive"),
     Bad("meta-inner-lr-negative", META + " --inner-lr -1", r"'inner_lr' must be >= 0"),
     Bad("meta-lm-source-unknown", META + " --lm-source web", r"unknown lm_source 'web'"),
+    Bad("meta-lcgd-with-lora", META + " --inner-rule lcgd --lora inner", r"inner_rule 'lcgd' does not work with "
+        r"lora 'inner'"),
     Bad("meta-max-steps-zero", META + " --max-steps 0", r"'max_steps' must be positive"),
     Bad("meta-precision-unknown", META + " --precision fp16", r"unknown precision 'fp16'"),
     Bad("meta-processes-zero", META + " --num-processes 0", r"'num_processes' must be positive"),

@@ -10,6 +10,7 @@ from promptstep.data.triplets import Triplet
 from promptstep.errors import InputError
 from promptstep.meta import MetaOptions, MetaTrainer, batches_for
 from promptstep.meta.objectives import MetaExample, build_example, forward_kl
+from promptstep.rules import NO_ADAPTERS, RULES
 
 TRIPLETS = [
     Triplet(f"t{i}", f"The first person to walk on {place} is {name}.",
@@ -156,3 +157,39 @@ def test_bad_options_are_rejected():
         MetaOptions(outer_lr=0).validate()
     with pytest.raises(InputError, match="'inner_lr' must be >= 0"):
         MetaOptions(inner_lr=-1e-3).validate()
+
+
+# Every inner rule (a module in promptstep/rules/) x objective x LoRA mode x contexts per step. A new rule file is
+# picked up by RULES and needs its row here: the options it is tested with (none so far).
+RULE_CASES = {"sgd": {}, "lcgd": {}}
+
+
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("lora", ["none", "inner", "outer"])
+@pytest.mark.parametrize("objective", ["lc", "lg"])
+@pytest.mark.parametrize("rule", RULES)
+def test_every_inner_rule_meta_gradient_matches_finite_difference(tokenizer, rule, objective, lora, k):
+    """fp64 GPT-2; the outer loss of one group of k contexts (one inner step of the rule on all of them, each
+    query's target loss after it, plus the prompt-format regulariser) against a central finite difference along a
+    random direction of whatever the outer step trains (all weights, or the LoRA adapter)."""
+    from promptstep.meta import build_trainer
+
+    assert rule in RULE_CASES, f"inner rule '{rule}' has no entry in RULE_CASES"
+    if lora != "none" and rule in NO_ADAPTERS:  # refused up front, with the reason
+        with pytest.raises(InputError, match=f"inner_rule '{rule}' does not work with lora '{lora}'"):
+            MetaOptions(inner_rule=rule, lora=lora).validate()
+        return
+    options = MetaOptions(objective=objective, inner_rule=rule, inner_lr=0.5, outer_lr=1e-3, clip=1e9, lora=lora,
+                          lora_rank=2, batch_size=2, inner_k=k, lm_weight=0.5, **RULE_CASES[rule])
+    trainer = build_trainer(make_gpt2(len(tokenizer), seed=1).double(), tokenizer, options)
+    if objective == "lc" and lora == "none":
+        trainer.teacher = make_gpt2(len(tokenizer), seed=2).double().requires_grad_(False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # LoRA B off its zero init, so every path through the adapter is exercised
+        for name, p in trainer.params.items():
+            if "lora_B" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    group = _examples(tokenizer, objective)[:k]
+    analytic, numeric = directional_derivatives(trainer, lambda: trainer.group_loss(group)[0])
+    assert analytic == pytest.approx(numeric, rel=1e-5)
+    assert abs(analytic) > 1e-6  # the direction really moves the loss

@@ -77,10 +77,13 @@ class MetaOptions:
         return InnerStep(lr=self.inner_lr, steps=self.inner_steps, params=self.inner_params, rule=self.inner_rule)
 
     def validate(self) -> None:
-        from promptstep.rules import RULES
+        from promptstep.rules import NO_ADAPTERS, RULES
 
         if self.inner_rule not in RULES:
             raise InputError(f"unknown inner_rule '{self.inner_rule}' (choose from {', '.join(RULES)})")
+        if self.lora != "none" and self.inner_rule in NO_ADAPTERS:
+            raise InputError(f"inner_rule '{self.inner_rule}' does not work with lora '{self.lora}': "
+                             f"{NO_ADAPTERS[self.inner_rule]}")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
         if self.teacher_targets not in TEACHER_TARGETS:

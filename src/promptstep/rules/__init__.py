@@ -13,6 +13,8 @@ import pkgutil
 from promptstep.errors import InputError
 
 RULES = tuple(sorted(module.name for module in pkgutil.iter_modules(__path__)))
+# Rules that read the plain model's layer structure and so cannot step through a PEFT (LoRA) wrapper, with why.
+NO_ADAPTERS = {"lcgd": "Layer-Causal GD reads the plain GPT-2 / Llama layer structure, not a LoRA-wrapped model"}
 
 
 def check_rule(name: str) -> None:
