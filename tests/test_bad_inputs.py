@@ -418,6 +418,12 @@ BAD = [
     Bad("meta-outer-lr-zero", META + " --outer-lr 0", r"'outer_lr' must be positive"),
     Bad("meta-inner-lr-negative", META + " --inner-lr -1", r"'inner_lr' must be >= 0"),
     Bad("meta-lm-source-unknown", META + " --lm-source web", r"unknown lm_source 'web'"),
+    Bad("meta-lm-texts-missing", META + " --lm-source text --lm-texts {tmp}/none.txt", r"none.txt: no such file"),
+    Bad("meta-lm-texts-without-text-source", META + " --lm-texts {tmp}/g.txt", r"lm_texts is read only with "
+        r"--lm-source text", {"g.txt": "Some text.\n"}),
+    Bad("meta-lm-texts-empty", META + " --lm-source text --lm-texts {tmp}/g.jsonl", r"g.jsonl",
+        {"g.jsonl": "\n"}),
+    Bad("meta-lm-text-tokens-one", META + " --lm-source text --lm-text-tokens 1", r"'lm_text_tokens' must be >= 2"),
     Bad("meta-lcgd-with-lora", META + " --inner-rule lcgd --lora inner", r"inner_rule 'lcgd' does not work with "
         r"lora 'inner'"),
     Bad("meta-max-steps-zero", META + " --max-steps 0", r"'max_steps' must be positive"),

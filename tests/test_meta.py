@@ -193,3 +193,34 @@ def test_every_inner_rule_meta_gradient_matches_finite_difference(tokenizer, rul
     analytic, numeric = directional_derivatives(trainer, lambda: trainer.group_loss(group)[0])
     assert analytic == pytest.approx(numeric, rel=1e-5)
     assert abs(analytic) > 1e-6  # the direction really moves the loss
+
+
+def test_general_text_regulariser_is_the_plain_next_token_loss_of_a_fixed_passage(tokenizer):
+    """lm_source text: lambda * L_LM is the pre-update model's next-token loss on one general-text passage per
+    example (the same passage every time an example is seen), and its meta-gradient matches a finite difference."""
+    from promptstep.formats import encode_text
+
+    model = make_gpt2(len(tokenizer), seed=1).double()
+    texts = ["Paris is the capital of France and its largest city.", "The river Nile flows north into the sea.",
+             "a"]  # one token: too short to have a next-token loss, so it is left out
+    options = MetaOptions(objective="lg", inner_lr=0.5, outer_lr=1e-3, clip=1e9, lm_weight=0.7, lm_source="text",
+                          lm_text_tokens=6)
+    trainer = MetaTrainer(model, tokenizer, options)
+    with pytest.raises(InputError, match="set_lm_texts"):
+        trainer.example_loss(_examples(tokenizer)[0])
+    trainer.set_lm_texts(texts)
+    assert trainer.lm_texts == [encode_text(tokenizer, t)[:6] for t in texts[:2]]
+    for example in _examples(tokenizer):
+        passage = trainer.lm_text_for(example)
+        assert passage in trainer.lm_texts and trainer.lm_text_for(example) == passage
+        _, parts = trainer.example_loss(example)
+        with torch.no_grad():  # mean NLL of each next token, in the model's own precision (fp64 here)
+            logits = model(input_ids=torch.tensor([passage])).logits[0, :-1]
+            expected = torch.nn.functional.cross_entropy(logits, torch.tensor(passage[1:])).item()
+        assert parts["lm"] == pytest.approx(expected, rel=1e-10)
+    ids = [f"t{i}" for i in range(100)]  # spread over the passages by a hash of the id
+    used = [tuple(trainer.lm_text_for(MetaExample(i, [], [], [], 0))) for i in ids]
+    assert 30 <= used.count(tuple(trainer.lm_texts[0])) <= 70
+    example = _examples(tokenizer)[0]
+    analytic, numeric = directional_derivatives(trainer, lambda: trainer.example_loss(example)[0])
+    assert analytic == pytest.approx(numeric, rel=1e-5)

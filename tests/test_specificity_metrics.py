@@ -122,3 +122,20 @@ def test_meta_train_summary_reports_the_damage_to_held_out_text(tmp_path_factory
     assert ppl["after"]["ppl"] != ppl["before"]["ppl"]  # two Adam steps at 1e-2 move a random GPT-2
     assert main([*args, "--name", "off", "--ppl-texts", "0"]) == 0
     assert "heldout_text" not in json.loads((tmp_path / "off" / "summary.json").read_text())
+
+
+def test_meta_train_regularises_with_general_text(tmp_path_factory, saved_gpt2_256, tmp_path):
+    """--lm-source text: the regulariser reads the user's general text (paragraphs of a .txt file) or, by default,
+    the offline Wikipedia train split; every step logs its part."""
+    data = character_dataset(tmp_path_factory, 8)
+    (tmp_path / "general.txt").write_text("The Nile flows north.\n\nParis is the capital of France.\n")
+    args = ["meta-train", "--data", data, "--model", saved_gpt2_256, "--runs-dir", str(tmp_path), "--eval-n", "2",
+            "--max-new-tokens", "2", "--batch-size", "2", "--train-limit", "4", "--inner-lr", "0.1",
+            "--outer-lr", "1e-2", "--ppl-texts", "0", "--lm-weight", "1", "--lm-source", "text", "--threads", "1"]
+    for name, extra in (("own", ["--lm-texts", str(tmp_path / "general.txt")]), ("wiki", [])):
+        assert main([*args, "--name", name, *extra]) == 0
+        logs = [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+        assert len(logs) == 2 and all(math.isfinite(log["lm"]) and log["lm"] > 0 for log in logs)
+    own = [json.loads(line)["lm"] for line in (tmp_path / "own" / "train_log.jsonl").read_text().splitlines()]
+    wiki = [json.loads(line)["lm"] for line in (tmp_path / "wiki" / "train_log.jsonl").read_text().splitlines()]
+    assert own[0] != wiki[0]  # different text, different regulariser

@@ -43,6 +43,9 @@ class MetaTrainConfig(MetaOptions):
     """Damage check: perplexity before and after on this many held-out offline-Wikipedia paragraphs (0 = off)."""
     ppl_max_tokens: int = 128
     """Damage check: tokens of each paragraph scored (its first N)."""
+    lm_texts: str | None = None
+    """lm_source text: general text read like inject's documents, one passage per paragraph (default: the offline
+    Wikipedia train split, never the damage check's test split)."""
     epochs: int = 1
     """Passes over the training triplets, each in a seeded order."""
     max_steps: int | None = None
@@ -98,6 +101,10 @@ class MetaTrainConfig(MetaOptions):
                 raise InputError(f"config key '{key}' must be >= 0 (0 = never), got {getattr(self, key)}")
         if self.resume and self.overwrite:
             raise InputError("choose one of --resume and --overwrite")
+        if self.lm_texts is not None:
+            if self.lm_source != "text":
+                raise InputError(f"lm_texts is read only with --lm-source text (got lm_source '{self.lm_source}')")
+            general_texts(self.lm_texts)  # a missing or malformed file fails here, before any work
         check_report_to(self.report_to)
 
 
@@ -286,6 +293,8 @@ def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eva
             procs.on_main(lambda log=log: trim_log(work / log, trainer.step_count))
     examples = procs.main_first(lambda: trainer.build_examples(train, progress=procs.is_main))
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
+    if config.lm_source == "text":
+        trainer.set_lm_texts(general_texts(config.lm_texts))
     texts = heldout_texts(config.ppl_texts)
     if procs.is_main and texts and not (work / "heldout_ppl.json").is_file():
         write_json(work / "heldout_ppl.json", {"before": heldout_perplexity(trainer.eval_model(), trainer.tokenizer,
@@ -344,6 +353,23 @@ def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eva
     plot_training(work / "train_log.jsonl", work / "training.png")
     trainer.export(work)
     return summary
+
+
+def general_texts(path: str | None) -> list[str]:
+    """The passages of the lm_source="text" regulariser: every paragraph (blank-line separated) of the documents at
+    `path`, or the offline Wikipedia dump's train-split paragraphs."""
+    if path is None:
+        from promptstep.data.wiki_offline import wiki_offline_paragraphs
+
+        return [text for _, text in wiki_offline_paragraphs("train")]
+    import re
+
+    from promptstep.documents import read_documents
+
+    passages = [p.strip() for doc in read_documents(path) for p in re.split(r"\n\s*\n", doc.text) if p.strip()]
+    if not passages:
+        raise InputError(f"{path}: no text for the regulariser")
+    return passages
 
 
 def heldout_texts(n: int) -> list[str]:

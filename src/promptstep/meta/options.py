@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from promptstep.errors import InputError
 
-LM_SOURCES = ("prompt", "context")
+LM_SOURCES = ("prompt", "context", "text")
 
 
 LORA_MODES = ("none", "inner", "outer")
@@ -42,8 +42,10 @@ class MetaOptions:
     lm_weight: float = 0.0
     """Weight λ of the language-modelling regulariser at the pre-update weights (0 = off)."""
     lm_source: str = "prompt"
-    """Text of the regulariser: prompt (the objective in the Prompt format) or context (the context's own next-token
-    loss)."""
+    """Text of the regulariser: prompt (the objective in the Prompt format), context (the context's next-token loss)
+    or text (next-token loss on general text: meta-train's lm_texts)."""
+    lm_text_tokens: int = 128
+    """lm_source text: tokens of each general-text passage the regulariser reads (its first ones)."""
     max_new_tokens: int = 16
     """Longest greedy answer generated, for the LC teacher's answers and for the evaluations."""
     nan_patience: int = 3
@@ -86,6 +88,8 @@ class MetaOptions:
                              f"{NO_ADAPTERS[self.inner_rule]}")
         if self.lm_source not in LM_SOURCES:
             raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
+        if self.lm_text_tokens < 2:
+            raise InputError(f"config key 'lm_text_tokens' must be >= 2, got {self.lm_text_tokens}")
         if self.teacher_targets not in TEACHER_TARGETS:
             raise InputError(f"unknown teacher_targets '{self.teacher_targets}' (choose from "
                              f"{', '.join(TEACHER_TARGETS)})")

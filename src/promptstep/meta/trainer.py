@@ -4,6 +4,7 @@ by example, clipped Adam."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -17,14 +18,14 @@ from promptstep.checkpoints import load_checkpoint, save_checkpoint
 from promptstep.data.triplets import Triplet
 from promptstep.distributed import Processes
 from promptstep.errors import InputError
-from promptstep.formats import Format
+from promptstep.formats import Format, encode_text, lm_batch, to_device
 from promptstep.meta.objectives import OBJECTIVES, MetaExample, answer_logprobs, context_lm_batch
 from promptstep.meta.options import MetaOptions
 from promptstep.meta.teacher import TeacherTargets, teacher_answers
 from promptstep.models import fingerprint as weights_fingerprint
 from promptstep.precision import compute_dtype, enable_checkpointing, meta_step_context
 from promptstep.runs import require_free_space
-from promptstep.updates import select_parameters
+from promptstep.updates import lm_loss, select_parameters
 
 
 def fused_adam(params: dict[str, torch.Tensor]) -> bool | None:
@@ -69,11 +70,28 @@ class MetaTrainer:
             self.teacher, self.teacher_scope = teacher, teacher_scope or nullcontext
         if options.grad_checkpointing:
             enable_checkpointing(model)
+        self.lm_texts: list[list[int]] = []  # lm_source "text": token ids of the general-text passages (set_lm_texts)
         self.step_count = 0
         self.bad_steps = 0
         self.trained_s = 0.0  # wall time of the steps taken so far, over every resumed segment
         self.device = next(model.parameters()).device
         self.processes = processes or Processes(device=self.device)
+
+    def set_lm_texts(self, texts: Sequence[str]) -> None:
+        """The general text of the `lm_source="text"` regulariser: each passage's first `lm_text_tokens` tokens.
+        An example always reads the same passage (chosen by a hash of its id), so a resumed run equals an
+        uninterrupted one."""
+        ids = [encode_text(self.tokenizer, t)[: self.options.lm_text_tokens] for t in texts]
+        self.lm_texts = [i for i in ids if len(i) >= 2]
+        if not self.lm_texts:
+            raise InputError("lm_source text: no passage of the regulariser's text has two tokens")
+
+    def lm_text_for(self, example: MetaExample) -> list[int]:
+        """The general-text passage `example` is regularised with."""
+        if not self.lm_texts:
+            raise InputError("lm_source text needs the regulariser's text (MetaTrainer.set_lm_texts)")
+        digest = hashlib.sha256(example.id.encode()).digest()
+        return self.lm_texts[int.from_bytes(digest[:8], "big") % len(self.lm_texts)]
 
     # -------------------------------------------------------------- targets
 
@@ -193,9 +211,11 @@ class MetaTrainer:
         parts = {"target": target.item()}
         total = target
         if opts.lm_weight > 0:
-            if opts.lm_source == "context":
+            if opts.lm_source in ("context", "text"):  # the pre-update model's next-token loss on that text
+                text = context if opts.lm_source == "context" else to_device(
+                    lm_batch([self.lm_text_for(e) for e in group], self.tokenizer.pad_token_id), self.device)
                 with record_function("regulariser forward"):
-                    reg = self.model(**context, use_cache=False).loss * len(group)
+                    reg = lm_loss(self.model, {}, text) * len(group)
             else:
                 with record_function("regulariser forward"):
                     logps = [answer_logprobs(self.model, None, e.teacher_ids, e.n_answer) for e in group]
