@@ -418,6 +418,8 @@ BAD = [
     Bad("meta-outer-lr-zero", META + " --outer-lr 0", r"'outer_lr' must be positive"),
     Bad("meta-inner-lr-negative", META + " --inner-lr -1", r"'inner_lr' must be >= 0"),
     Bad("meta-lm-source-unknown", META + " --lm-source web", r"unknown lm_source 'web'"),
+    Bad("meta-lm-source-twice", META + " --lm-source prompt+prompt", r"lm_source 'prompt\+prompt' names a source "
+        r"twice"),
     Bad("meta-lm-texts-missing", META + " --lm-source text --lm-texts {tmp}/none.txt", r"none.txt: no such file"),
     Bad("meta-lm-texts-without-text-source", META + " --lm-texts {tmp}/g.txt", r"lm_texts is read only with "
         r"--lm-source text", {"g.txt": "Some text.\n"}),

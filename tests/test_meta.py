@@ -224,3 +224,22 @@ def test_general_text_regulariser_is_the_plain_next_token_loss_of_a_fixed_passag
     example = _examples(tokenizer)[0]
     analytic, numeric = directional_derivatives(trainer, lambda: trainer.example_loss(example)[0])
     assert analytic == pytest.approx(numeric, rel=1e-5)
+
+
+def test_combined_regulariser_is_the_sum_of_its_sources(tokenizer):
+    """lm_source prompt+text: lambda * (L_prompt + L_text), each term what the single-source run computes."""
+    model = make_gpt2(len(tokenizer), seed=1).double()
+    teacher = make_gpt2(len(tokenizer), seed=2).double()
+    example = _examples(tokenizer, "lc")[0]
+    parts = {}
+    for source in ("prompt", "text", "prompt+text"):
+        trainer = _trainer(model, tokenizer, "lc", teacher=teacher, lm_weight=0.5, lm_source=source)
+        trainer.set_lm_texts(["Paris is the capital of France and its largest city."])
+        loss, parts[source] = trainer.example_loss(example)
+        assert loss.item() == pytest.approx(parts[source]["target"] + 0.5 * parts[source]["lm"], rel=1e-12)
+    assert parts["prompt"]["lm"] > 0 and parts["text"]["lm"] > 0
+    assert parts["prompt+text"]["lm"] == pytest.approx(parts["prompt"]["lm"] + parts["text"]["lm"], rel=1e-12)
+    for bad, message in (("prompt+prompt", "names a source twice"), ("prompt+web", "unknown lm_source"),
+                         ("", "unknown lm_source")):
+        with pytest.raises(InputError, match=message):
+            MetaOptions(lm_source=bad).validate()

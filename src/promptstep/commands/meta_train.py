@@ -102,7 +102,7 @@ class MetaTrainConfig(MetaOptions):
         if self.resume and self.overwrite:
             raise InputError("choose one of --resume and --overwrite")
         if self.lm_texts is not None:
-            if self.lm_source != "text":
+            if "text" not in self.lm_sources():
                 raise InputError(f"lm_texts is read only with --lm-source text (got lm_source '{self.lm_source}')")
             general_texts(self.lm_texts)  # a missing or malformed file fails here, before any work
         check_report_to(self.report_to)
@@ -293,7 +293,7 @@ def _train_and_write_outputs(config: MetaTrainConfig, procs, trainer, train, eva
             procs.on_main(lambda log=log: trim_log(work / log, trainer.step_count))
     examples = procs.main_first(lambda: trainer.build_examples(train, progress=procs.is_main))
     batches = batches_for(examples, config.batch_size, config.epochs, config.seed)[: config.max_steps]
-    if config.lm_source == "text":
+    if "text" in config.lm_sources():
         trainer.set_lm_texts(general_texts(config.lm_texts))
     texts = heldout_texts(config.ppl_texts)
     if procs.is_main and texts and not (work / "heldout_ppl.json").is_file():

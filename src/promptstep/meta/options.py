@@ -42,8 +42,8 @@ class MetaOptions:
     lm_weight: float = 0.0
     """Weight λ of the language-modelling regulariser at the pre-update weights (0 = off)."""
     lm_source: str = "prompt"
-    """Text of the regulariser: prompt (the objective in the Prompt format), context (the context's next-token loss)
-    or text (next-token loss on general text: meta-train's lm_texts)."""
+    """Regulariser: prompt (the objective in the Prompt format), context (the context's next-token loss), text (on
+    general text: meta-train's lm_texts), or several joined by + (prompt+text), each weighted lm_weight."""
     lm_text_tokens: int = 128
     """lm_source text: tokens of each general-text passage the regulariser reads (its first ones)."""
     max_new_tokens: int = 16
@@ -72,6 +72,10 @@ class MetaOptions:
     """LC teacher targets: cached (computed once, read from disk, teacher copy freed; 4 bytes x vocab per answer token)
     or live (the frozen teacher runs at every step)."""
 
+    def lm_sources(self) -> tuple[str, ...]:
+        """The regulariser's sources: lm_source split at +."""
+        return tuple(part.strip() for part in self.lm_source.split("+"))
+
     def inner(self):
         """The inner step being meta-trained for (also the FT step of this run's evaluations)."""
         from promptstep.updates import InnerStep
@@ -86,8 +90,13 @@ class MetaOptions:
         if self.lora != "none" and self.inner_rule in NO_ADAPTERS:
             raise InputError(f"inner_rule '{self.inner_rule}' does not work with lora '{self.lora}': "
                              f"{NO_ADAPTERS[self.inner_rule]}")
-        if self.lm_source not in LM_SOURCES:
-            raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)})")
+        sources = self.lm_sources()
+        unknown = next((source for source in sources if source not in LM_SOURCES), None)
+        if unknown is not None or not sources:
+            raise InputError(f"unknown lm_source '{self.lm_source}' (choose from {', '.join(LM_SOURCES)}, or several "
+                             f"joined by +)")
+        if len(set(sources)) != len(sources):
+            raise InputError(f"lm_source '{self.lm_source}' names a source twice")
         if self.lm_text_tokens < 2:
             raise InputError(f"config key 'lm_text_tokens' must be >= 2, got {self.lm_text_tokens}")
         if self.teacher_targets not in TEACHER_TARGETS:

@@ -211,18 +211,21 @@ class MetaTrainer:
         parts = {"target": target.item()}
         total = target
         if opts.lm_weight > 0:
-            if opts.lm_source in ("context", "text"):  # the pre-update model's next-token loss on that text
-                text = context if opts.lm_source == "context" else to_device(
-                    lm_batch([self.lm_text_for(e) for e in group], self.tokenizer.pad_token_id), self.device)
-                with record_function("regulariser forward"):
-                    reg = lm_loss(self.model, {}, text) * len(group)
-            else:
-                with record_function("regulariser forward"):
-                    logps = [answer_logprobs(self.model, None, e.teacher_ids, e.n_answer) for e in group]
-                reg = sum(self._target_loss(logp, e) for logp, e in zip(logps, group))
+            reg = sum(self._regulariser(source, group, context) for source in opts.lm_sources())
             parts["lm"] = reg.item()
             total = total + opts.lm_weight * reg
         return total, parts
+
+    def _regulariser(self, source: str, group: Sequence[MetaExample], context: dict) -> torch.Tensor:
+        """L_LM of one source at the pre-update weights, summed over the group: the objective in the Prompt format
+        (prompt), or the next-token loss of the contexts (context) or of general-text passages (text)."""
+        with record_function("regulariser forward"):
+            if source == "prompt":
+                logps = [answer_logprobs(self.model, None, e.teacher_ids, e.n_answer) for e in group]
+                return sum(self._target_loss(logp, e) for logp, e in zip(logps, group))
+            text = context if source == "context" else to_device(
+                lm_batch([self.lm_text_for(e) for e in group], self.tokenizer.pad_token_id), self.device)
+            return lm_loss(self.model, {}, text) * len(group)
 
     def example_loss(self, example: MetaExample) -> tuple[torch.Tensor, dict[str, float]]:
         """Outer loss of one example: target loss after the inner step on its context, plus lambda * L_LM."""
